@@ -1,0 +1,1 @@
+"""Converters from PyTorch checkpoints to jaxvrp params checkpoints (needs torch)."""

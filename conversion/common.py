@@ -1,0 +1,135 @@
+"""The strict conversion engine shared by every converter.
+
+A converter names, for each target parameter, the source key it comes from and the layout
+transform to apply. The engine checks that every source key is used exactly once and every
+target leaf is produced exactly once with the expected shape; any difference is collected and
+reported together, and nothing is written.
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+
+class ConversionError(ValueError):
+    """The source checkpoint does not match the target model; the message lists why."""
+
+
+# PyTorch layout -> Flax layout, per layer type (DESIGN.md §2).
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda w: w,
+    "linear": lambda w: w.T,  # (out, in) -> (in, out)
+    "conv": lambda w: w.transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    # (in, out, kh, kw) -> (kh, kw, out, in), used with `transpose_kernel=True`
+    "conv_transpose": lambda w: w.transpose(2, 3, 1, 0),
+}
+
+_INDEXED = re.compile(r"^(.*)_(\d+)$")
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+
+
+def torch_key(path: Sequence[str]) -> str:
+    """Flax param path -> the PyTorch state-dict key of the same module tree.
+
+    `('blocks_3', 'attn', 'qkv', 'kernel')` -> `'blocks.3.attn.qkv.weight'`: list indices
+    joined by `_` become `.N`, Flax leaf names become PyTorch's.
+    """
+    parts = []
+    for name in path[:-1]:
+        m = _INDEXED.match(name)
+        parts.extend([m.group(1), m.group(2)] if m else [name])
+    parts.append(_LEAF_NAMES.get(path[-1], path[-1]))
+    return ".".join(parts)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A flat `{key: tensor}` state dict from a `.pth` file as float32 numpy arrays.
+
+    Loads with `weights_only=True` (no arbitrary pickled code). Any read failure (missing,
+    truncated or non-PyTorch file, not a flat dict of tensors) is a `ConversionError` that
+    names the file.
+    """
+    import torch  # noqa: PLC0415 -- torch is an optional dependency
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise ConversionError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise ConversionError(
+            f"{path} is not a flat state dict of tensors; non-tensor entries: {bad[:10]}"
+            " (a training checkpoint? extract its model state dict first)"
+        )
+    return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    target_shapes: Any,
+    transform_of: Callable[[str], str],
+    source_key_of: Callable[[tuple[str, ...]], str] = torch_key,
+) -> dict[str, Any]:
+    """Build the target param tree from `state_dict`, strictly.
+
+    Args:
+      state_dict: source key -> array (PyTorch layout).
+      target_shapes: nested dict whose leaves have `.shape` (e.g. from `jax.eval_shape`).
+      transform_of: source key -> name in `TRANSFORMS`.
+      source_key_of: target path -> source key.
+
+    Raises:
+      ConversionError listing every missing key, unused key and shape mismatch.
+    """
+    flat_target = traverse_util.flatten_dict(target_shapes)
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    used: set[str] = set()
+    missing, mismatched = [], []
+    for path, leaf in flat_target.items():
+        key = source_key_of(path)
+        if key in used:
+            raise ConversionError(f"two target parameters map to the same source key {key!r}")
+        if key not in state_dict:
+            missing.append(f"{key} (for {'/'.join(path)}, shape {tuple(leaf.shape)})")
+            continue
+        used.add(key)
+        value = np.ascontiguousarray(TRANSFORMS[transform_of(key)](np.asarray(state_dict[key])))
+        if value.shape != tuple(leaf.shape):
+            mismatched.append(
+                f"{key}: source {tuple(state_dict[key].shape)} -> {value.shape}, "
+                f"expected {tuple(leaf.shape)} for {'/'.join(path)}"
+            )
+            continue
+        out[path] = value.astype(np.float32)
+    unexpected = sorted(set(state_dict) - used)
+    if missing or unexpected or mismatched:
+        lines = ["checkpoint does not match the model:"]
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items)
+        raise ConversionError("\n".join(lines))
+    return traverse_util.unflatten_dict(out)
