@@ -18,10 +18,10 @@ def _install_torchvision_stand_in() -> None:
     """Let `segment_anything` import without torchvision.
 
     `segment_anything` imports `resize` and `to_pil_image` (and, for its automatic mask
-    generator, two box ops) from torchvision at import time, and PyPI's torchvision does not load beside the torch build used here.
-    It only applies them to uint8 HWC numpy images, where torchvision converts to PIL and
-    calls `PIL.Image.resize(size[::-1], BILINEAR)`; the stand-in does exactly that. It is
-    installed only when torchvision itself cannot be imported.
+    generator, two box ops) from torchvision at import time, and PyPI's torchvision does not
+    load beside the torch build used here. It only applies them to uint8 HWC numpy images,
+    where torchvision converts to PIL and calls `PIL.Image.resize(size[::-1], BILINEAR)`;
+    the stand-in does exactly that. It is installed only when torchvision cannot be imported.
     """
     from PIL import Image
 

@@ -67,9 +67,7 @@ def infer_variant(state_dict: dict[str, np.ndarray]) -> str:
     )
 
 
-def convert_sam_state_dict(
-    state_dict: dict[str, np.ndarray], config: SamConfig
-) -> dict[str, Any]:
+def convert_sam_state_dict(state_dict: dict[str, np.ndarray], config: SamConfig) -> dict[str, Any]:
     """Official SAM state dict -> jaxvrp SAM params for `config` (strict)."""
     return convert_state_dict(state_dict, param_shapes(config), transform_of)
 
@@ -111,8 +109,11 @@ def convert(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conversion.sam", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion.sam",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, help="official SAM .pth state dict")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="default: from shapes")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")

@@ -71,8 +71,16 @@ VARIANTS: dict[str, SamConfig] = {
     "test_tiny": SamConfig(32, 2, 2, (1,), decoder_mlp_dim=256),
     # A 256-pixel input: 16x16 tokens, window 7 (padded 16 -> 21), 64x64 low-res masks.
     "test_small_image": SamConfig(
-        32, 3, 2, (2,), image_size=256, window_size=7, prompt_embed_dim=64,
-        decoder_mlp_dim=128, decoder_num_heads=4, iou_head_hidden_dim=64,
+        32,
+        3,
+        2,
+        (2,),
+        image_size=256,
+        window_size=7,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=128,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
     ),
 }
 

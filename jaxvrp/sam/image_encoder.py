@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvrp.sam.common import Dtype, MLPBlock, gelu, layer_norm, layer_norm_2d
+from jaxvrp.sam.common import Dtype, MLPBlock, layer_norm, layer_norm_2d
 
 
 def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -117,14 +117,21 @@ class Block(nn.Module):
             self.input_size if self.window_size == 0 else (self.window_size, self.window_size)
         )
         x = Attention(
-            self.dim, self.num_heads, self.qkv_bias, self.use_rel_pos, attn_size, self.dtype,
+            self.dim,
+            self.num_heads,
+            self.qkv_bias,
+            self.use_rel_pos,
+            attn_size,
+            self.dtype,
             name="attn",
         )(x)
         if self.window_size > 0:
             x = window_unpartition(x, self.window_size, pad_hw, (h, w))
         x = shortcut + x
         y = layer_norm(1e-6, self.dtype, "norm2")(x)
-        return x + MLPBlock(self.dim, int(self.dim * self.mlp_ratio), "gelu", self.dtype, name="mlp")(y)
+        return x + MLPBlock(
+            self.dim, int(self.dim * self.mlp_ratio), "gelu", self.dtype, name="mlp"
+        )(y)
 
 
 class PatchEmbed(nn.Module):
@@ -162,9 +169,7 @@ class ImageEncoderViT(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         grid = self.img_size // self.patch_size
         x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name="patch_embed")(x)
-        pos_embed = self.param(
-            "pos_embed", nn.initializers.zeros, (1, grid, grid, self.embed_dim)
-        )
+        pos_embed = self.param("pos_embed", nn.initializers.zeros, (1, grid, grid, self.embed_dim))
         x = x + pos_embed.astype(x.dtype)
         for i in range(self.depth):
             x = Block(
@@ -181,7 +186,11 @@ class ImageEncoderViT(nn.Module):
         x = nn.Conv(self.out_chans, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm_2d(self.dtype, "neck_1")(x)
         x = nn.Conv(
-            self.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+            self.out_chans,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
             name="neck_2",
         )(x)
         return layer_norm_2d(self.dtype, "neck_3")(x)

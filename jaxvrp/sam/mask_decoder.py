@@ -66,20 +66,34 @@ class MaskDecoder(nn.Module):
         _, h, w, _ = src.shape
         pos_src = image_pe[None].astype(dt)
         hs, src = TwoWayTransformer(
-            self.transformer_depth, dim, self.transformer_num_heads, self.transformer_mlp_dim,
-            dtype=dt, name="transformer",
+            self.transformer_depth,
+            dim,
+            self.transformer_num_heads,
+            self.transformer_mlp_dim,
+            dtype=dt,
+            name="transformer",
         )(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         src = src.reshape(b, h, w, dim)
         x = nn.ConvTranspose(
-            dim // 4, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=True, dtype=dt,
+            dim // 4,
+            (2, 2),
+            strides=(2, 2),
+            padding="VALID",
+            transpose_kernel=True,
+            dtype=dt,
             name="output_upscaling_0",
         )(src)
         x = gelu(layer_norm_2d(dt, "output_upscaling_1")(x))
         x = nn.ConvTranspose(
-            dim // 8, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=True, dtype=dt,
+            dim // 8,
+            (2, 2),
+            strides=(2, 2),
+            padding="VALID",
+            transpose_kernel=True,
+            dtype=dt,
             name="output_upscaling_3",
         )(x)
         upscaled = gelu(x)  # (B, 4h, 4w, C/8)
@@ -95,7 +109,10 @@ class MaskDecoder(nn.Module):
         )  # (B, M, C/8)
         masks = jnp.einsum("bmc,byxc->bmyx", hyper_in, upscaled).astype(jnp.float32)
         iou_pred = MLP(
-            self.iou_head_hidden_dim, self.num_mask_tokens, self.iou_head_depth, dtype=dt,
+            self.iou_head_hidden_dim,
+            self.num_mask_tokens,
+            self.iou_head_depth,
+            dtype=dt,
             name="iou_prediction_head",
         )(iou_token_out).astype(jnp.float32)
 

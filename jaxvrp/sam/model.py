@@ -86,6 +86,7 @@ class Sam(nn.Module):
         return self.decode_masks(emb, sparse, dense, multimask_output)
 
 
+@partial(jax.jit, static_argnames=("config",))
 def init(rng: jax.Array, config: SamConfig) -> Params:
     """Fresh parameters (float32) for `config`; a plain nested dict."""
     s = config.image_size

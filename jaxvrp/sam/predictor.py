@@ -34,12 +34,28 @@ def _embed(params, image, *, config: SamConfig):
     static_argnames=("config", "multimask_output", "return_logits", "input_size", "original_size"),
 )
 def _predict(
-    params, features, points, labels, boxes, masks, *,
-    config, multimask_output, return_logits, input_size, original_size,
+    params,
+    features,
+    points,
+    labels,
+    boxes,
+    masks,
+    *,
+    config,
+    multimask_output,
+    return_logits,
+    input_size,
+    original_size,
 ):
     low_res, iou = model.predict_masks(
-        params, features, config=config, points=points, point_labels=labels, boxes=boxes,
-        masks=masks, multimask_output=multimask_output,
+        params,
+        features,
+        config=config,
+        points=points,
+        point_labels=labels,
+        boxes=boxes,
+        masks=masks,
+        multimask_output=multimask_output,
     )
     out = postprocess_masks(low_res, input_size, original_size, config.image_size)
     if not return_logits:
@@ -179,9 +195,16 @@ class Predictor:
         if len(sizes) != 1:
             raise ValueError(f"prompt batches differ in size: {sorted(sizes)}")
         out = _predict(
-            self.params, self.features, pts, labels, bxs, msk,
-            config=self.config, multimask_output=bool(multimask_output),
-            return_logits=bool(return_logits), input_size=self.input_size,
+            self.params,
+            self.features,
+            pts,
+            labels,
+            bxs,
+            msk,
+            config=self.config,
+            multimask_output=bool(multimask_output),
+            return_logits=bool(return_logits),
+            input_size=self.input_size,
             original_size=self.original_size,
         )
         return tuple(np.asarray(a) for a in out)
@@ -193,7 +216,9 @@ class Predictor:
     @staticmethod
     def _check(a, shape: tuple, name: str) -> np.ndarray:
         a = np.asarray(a)
-        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        if a.ndim != len(shape) or any(
+            s is not None and s != d for s, d in zip(shape, a.shape, strict=True)
+        ):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name} must have shape {want}, got {a.shape}")
         return a

@@ -49,7 +49,10 @@ class TwoWayAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, queries, keys, query_pe, key_pe):
         dim, heads, rate, dt = (
-            self.embedding_dim, self.num_heads, self.attention_downsample_rate, self.dtype
+            self.embedding_dim,
+            self.num_heads,
+            self.attention_downsample_rate,
+            self.dtype,
         )
         self_attn = Attention(dim, heads, 1, dt, name="self_attn")
         if self.skip_first_layer_pe:
@@ -108,7 +111,10 @@ class TwoWayTransformer(nn.Module):
             )(queries, keys, point_embedding, image_pe)
         q, k = queries + point_embedding, keys + image_pe
         queries = queries + Attention(
-            self.embedding_dim, self.num_heads, self.attention_downsample_rate, self.dtype,
+            self.embedding_dim,
+            self.num_heads,
+            self.attention_downsample_rate,
+            self.dtype,
             name="final_attn_token_to_image",
         )(q, k, keys)
         queries = layer_norm(1e-5, self.dtype, "norm_final_attn")(queries)

@@ -27,8 +27,12 @@ def test_encoder_matches_official_small(variant):
     images = np.random.RandomState(1).randn(2, s, s, 3).astype(np.float32)
     expected = _official_encode(ref, images)
     actual = jax.jit(partial(encode_image, config=config))(params, images)
-    assert actual.shape == (2, config.embedding_size, config.embedding_size, 256 if variant ==
-                            "test_tiny" else 64)
+    assert actual.shape == (
+        2,
+        config.embedding_size,
+        config.embedding_size,
+        256 if variant == "test_tiny" else 64,
+    )
     assert rel_l2(actual, expected) <= TOL
 
 
@@ -57,9 +61,7 @@ def test_encoder_sharded_over_8_devices_equals_one_device(devices):
     fn = jax.jit(partial(encode_image, config=config))
     single = fn(params, images)
     # Auto axes: the compiler propagates the batch sharding through the model (GSPMD).
-    mesh = jax.make_mesh(
-        (8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
     sharded_images = jax.device_put(images, NamedSharding(mesh, PartitionSpec("data")))
     replicated = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     sharded = fn(replicated, sharded_images)

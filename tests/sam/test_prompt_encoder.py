@@ -58,9 +58,7 @@ def test_padding_and_not_a_point_labels():
 
 def test_dense_positional_encoding_matches_official():
     ref, params, config = official_and_params("test_small_image")
-    pe = Sam(config).apply(
-        {"params": params}, method=lambda m: m.prompt_encoder.get_dense_pe()
-    )
+    pe = Sam(config).apply({"params": params}, method=lambda m: m.prompt_encoder.get_dense_pe())
     with torch.no_grad():
         expected = ref.prompt_encoder.get_dense_pe()[0].permute(1, 2, 0).numpy()
     assert rel_l2(pe, expected) <= TOL
