@@ -67,7 +67,7 @@ def main() -> None:
     if args.checkpoint:
         pth = Path(args.checkpoint)
     else:
-        print("[1/4] building the official ViT-B with random weights (seed %d)" % args.seed)
+        print(f"[1/4] building the official ViT-B with random weights (seed {args.seed})")
         pth = random_official_checkpoint(out / "sam_vit_b_random.pth", args.seed)
     print(f"[2/4] converting {pth.name} with conversion.sam")
     ckpt = sam_conversion.convert(pth, out / "sam_jax", overwrite=True)

@@ -7,6 +7,7 @@ from jaxvrp.sam.model import (
     encode_image,
     encode_prompts,
     init,
+    load,
     param_shapes,
     predict_masks,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "encode_prompts",
     "get_config",
     "init",
+    "load",
     "param_shapes",
     "postprocess_masks",
     "predict_masks",

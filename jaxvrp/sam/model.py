@@ -13,6 +13,7 @@ The pure functions are the API the rest of jaxvrp uses:
 every function is batched over images without Python loops.
 """
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvrp import params_io
 from jaxvrp.sam.config import SamConfig
 from jaxvrp.sam.image_encoder import ImageEncoderViT
 from jaxvrp.sam.mask_decoder import MaskDecoder
@@ -98,6 +100,18 @@ def init(rng: jax.Array, config: SamConfig) -> Params:
         jnp.zeros((1, m, m, 1)),
     )
     return Sam(config).init(rng, *dummy)["params"]
+
+
+def load(directory: str, *, dtype: str | None = None) -> tuple[Params, SamConfig]:
+    """(params, config) from a SAM params checkpoint (e.g. written by `conversion.sam`).
+
+    `dtype` overrides the compute dtype ("float32" or "bfloat16"); params stay float32.
+    """
+    params, metadata = params_io.load_params(directory, expected_kind="sam")
+    config = SamConfig.from_dict(metadata["config"])
+    if dtype is not None:
+        config = dataclasses.replace(config, dtype=dtype)
+    return params, config
 
 
 def param_shapes(config: SamConfig) -> Params:

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrp import params_io
 from jaxvrp.sam import model
 from jaxvrp.sam.config import SamConfig
 from jaxvrp.sam.transforms import ResizeLongestSide, postprocess_masks, preprocess
@@ -78,11 +77,7 @@ class Predictor:
 
         `dtype="bfloat16"` computes in bf16 with the float32 parameters.
         """
-        params, metadata = params_io.load_params(directory, expected_kind="sam")
-        config = SamConfig.from_dict(metadata["config"])
-        if dtype is not None:
-            config = SamConfig.from_dict({**config.to_dict(), "dtype": dtype})
-        return cls(params, config)
+        return cls(*model.load(directory, dtype=dtype))
 
     def reset_image(self) -> None:
         self.is_image_set = False
