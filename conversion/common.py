@@ -31,7 +31,13 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+_LEAF_NAMES = {
+    "kernel": "weight",
+    "scale": "weight",
+    "embedding": "weight",
+    "mean": "running_mean",  # FrozenBatchNorm statistics
+    "var": "running_var",
+}
 
 
 def torch_key(path: Sequence[str]) -> str:
@@ -88,6 +94,7 @@ def convert_state_dict(
     target_shapes: Any,
     transform_of: Callable[[str], str],
     source_key_of: Callable[[tuple[str, ...]], str] = torch_key,
+    ignored: Callable[[str], bool] = lambda key: False,
 ) -> dict[str, Any]:
     """Build the target param tree from `state_dict`, strictly.
 
@@ -96,6 +103,8 @@ def convert_state_dict(
       target_shapes: nested dict whose leaves have `.shape` (e.g. from `jax.eval_shape`).
       transform_of: source key -> name in `TRANSFORMS`.
       source_key_of: target path -> source key.
+      ignored: source keys the model deliberately drops (e.g. a classifier head or BN's
+        `num_batches_tracked`); they count as used, and may be absent.
 
     Raises:
       ConversionError listing every missing key, unused key and shape mismatch.
@@ -120,7 +129,7 @@ def convert_state_dict(
             )
             continue
         out[path] = value.astype(np.float32)
-    unexpected = sorted(set(state_dict) - used)
+    unexpected = sorted(k for k in set(state_dict) - used if not ignored(k))
     if missing or unexpected or mismatched:
         lines = ["checkpoint does not match the model:"]
         for title, items in (

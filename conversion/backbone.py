@@ -1,0 +1,119 @@
+"""Convert a PyTorch backbone checkpoint to a jaxvrp params checkpoint.
+
+    python -m conversion.backbone --arch resnet50_deepstem --checkpoint resnet50_v2.pth --out r50
+
+Sources: torchvision state dicts (`resnet50`, `resnet101`, `vgg16_bn`), the deep-stem layout
+VRP-SAM loads (`resnet50_v2.pth`: conv1, bn1, conv2, bn2, conv3, bn3, layer1, ...), and the
+official DINOv2 state dicts (facebookresearch/dinov2 key names). Classifier heads (`fc.*`,
+`classifier.*`) and BatchNorm's `num_batches_tracked` are dropped by name; any other key
+that does not map onto the model, or a missing key, or a wrong shape, is an error listing
+them all, and then nothing is written.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conversion.common import (
+    ConversionError,
+    convert_state_dict,
+    load_torch_state_dict,
+    sha256_file,
+)
+from jaxvrp import backbones, params_io
+from jaxvrp.backbones.resnet import ResNetConfig
+from jaxvrp.backbones.vgg import VGGConfig
+
+_RESNET_CONV = re.compile(r"^(conv[123]|layer\d+\.\d+\.(conv[123]|downsample\.0))\.weight$")
+_DROPPED = re.compile(r"(^fc\.|^classifier\.|\.num_batches_tracked$)")
+
+
+def _vgg_conv_indices(config: VGGConfig) -> set[int]:
+    indices, i = set(), 0
+    for v in config.cfg:
+        if v != "M":
+            indices.add(i)
+        i += 1 if v == "M" else 3
+    return indices
+
+
+def _resnet_hint(state_dict: dict[str, np.ndarray], config: ResNetConfig) -> str:
+    """A sentence naming the other stem when the file has it."""
+    deep = "conv2.weight" in state_dict or "conv3.weight" in state_dict
+    if deep and not config.deep_stem:
+        return " (the file has a deep stem: try --arch resnet50_deepstem or resnet101_deepstem)"
+    if not deep and "conv1.weight" in state_dict and config.deep_stem:
+        return " (the file has torchvision's 7x7 stem: try --arch resnet50 or resnet101)"
+    return ""
+
+
+def convert_backbone_state_dict(state_dict: dict[str, np.ndarray], config: Any) -> dict:
+    """PyTorch state dict -> jaxvrp params for a backbone `config` (strict)."""
+    shapes = backbones.param_shapes(config)
+    if isinstance(config, ResNetConfig):
+        try:
+            return convert_state_dict(
+                state_dict,
+                shapes,
+                lambda k: "conv" if _RESNET_CONV.match(k) else "identity",
+                ignored=_DROPPED.search,
+            )
+        except ConversionError as e:
+            raise ConversionError(f"{e}{_resnet_hint(state_dict, config)}") from None
+    if isinstance(config, VGGConfig):
+        convs = _vgg_conv_indices(config)
+        conv_key = re.compile(r"^features\.(\d+)\.weight$")
+
+        def transform_of(key: str) -> str:
+            m = conv_key.match(key)
+            return "conv" if m and int(m.group(1)) in convs else "identity"
+
+        return convert_state_dict(state_dict, shapes, transform_of, ignored=_DROPPED.search)
+    raise ConversionError(f"no converter for backbone config {type(config).__name__}")
+
+
+def convert(arch: str, checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Convert `checkpoint` as `arch` and write the params checkpoint to `out`."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    if arch not in backbones.ARCHS:
+        raise ConversionError(f"unknown --arch {arch!r}; known: {sorted(backbones.ARCHS)}")
+    if out.exists() and not overwrite:
+        raise ConversionError(f"output {out} already exists (use --overwrite to replace it)")
+    config = backbones.get_config(arch)
+    params = convert_backbone_state_dict(load_torch_state_dict(checkpoint), config)
+    metadata = {
+        "kind": backbones.KIND,
+        "arch": arch,
+        "config": backbones.config_to_dict(config),
+        "source_file": checkpoint.name,
+        "source_sha256": sha256_file(checkpoint),
+    }
+    return params_io.save_params(out, params, metadata, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion.backbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--arch", required=True, choices=sorted(backbones.ARCHS))
+    parser.add_argument("--checkpoint", required=True, help="PyTorch state dict (.pth)")
+    parser.add_argument("--out", required=True, help="output directory (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.arch, args.checkpoint, args.out, overwrite=args.overwrite)
+    except (ConversionError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Frozen semantic backbones (ResNet, VGG-16-BN, DINOv2) returning named NHWC features.
+
+    config = get_config("resnet50_deepstem")
+    params = init(jax.random.key(0), config)       # or load(dir) after conversion
+    feats = apply(params, images, config=config)   # {"layer0": ..., "layer4": ..., ...}
+
+Every backbone takes ImageNet-normalised images (B, H, W, 3) (`jaxvrp.image.normalize` with
+`IMAGENET_MEAN` / `IMAGENET_STD` on [0, 1] pixels) and returns a dict with VRP-SAM's split
+`layer0` ... `layer4`; ResNets also return every bottleneck of layer2-4 before its final
+ReLU (`layer{L}_{i}`), the features of HSNet/SAMIC.
+"""
+
+import dataclasses
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jaxvrp import params_io
+from jaxvrp.backbones.resnet import RESNET_ARCHS, ResNet, ResNetConfig
+from jaxvrp.backbones.vgg import VGG, VGG_ARCHS, VGGConfig
+
+KIND = "backbone"
+ARCHS: dict[str, Any] = {**RESNET_ARCHS, **VGG_ARCHS}
+_MODULES: dict[type, type[nn.Module]] = {ResNetConfig: ResNet, VGGConfig: VGG}
+
+
+def get_config(arch: str, **overrides: Any):
+    """The config of a named architecture, with optional field overrides."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone {arch!r}; known: {sorted(ARCHS)}")
+    return dataclasses.replace(ARCHS[arch], **overrides)
+
+
+def build(config) -> nn.Module:
+    return _MODULES[type(config)](config)
+
+
+@partial(jax.jit, static_argnames=("config", "image_size"))
+def init(rng: jax.Array, config, image_size: int = 64) -> dict:
+    """Fresh parameters (float32) for `config`."""
+    x = jax.numpy.zeros((1, image_size, image_size, 3))
+    return build(config).init(rng, x)["params"]
+
+
+def param_shapes(config) -> dict:
+    return jax.eval_shape(partial(init, config=config), jax.random.key(0))
+
+
+def apply(params: dict, images: jax.Array, *, config) -> dict[str, jax.Array]:
+    """Normalised images (B, H, W, 3) -> dict of NHWC feature maps."""
+    return build(config).apply({"params": params}, images)
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return {"family": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def config_from_dict(d: dict[str, Any]):
+    d = dict(d)
+    family = d.pop("family", None)
+    types = {t.__name__: t for t in _MODULES}
+    if family not in types:
+        raise ValueError(f"unknown backbone family {family!r}; known: {sorted(types)}")
+    t = types[family]
+    return t(**{k: _tuples(v) for k, v in d.items()})
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def load(directory: str) -> tuple[dict, Any]:
+    """(params, config) from a backbone checkpoint written by `conversion.backbone`."""
+    params, metadata = params_io.load_params(directory, expected_kind=KIND)
+    return params, config_from_dict(metadata["config"])
