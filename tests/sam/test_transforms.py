@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conversion.official import import_segment_anything
-from jaxvrp.image import resize_bilinear, resize_nearest
 from jaxvrp.sam import ResizeLongestSide, postprocess_masks, preprocess
 from tests.conftest import rel_l2
 from tests.sam.official import official_and_params
@@ -45,27 +43,3 @@ def test_postprocess_masks_matches_official(original):
     actual = postprocess_masks(low, input_size, original, config.image_size)
     assert actual.shape == (2, 3, *original)
     assert rel_l2(actual, expected) <= 1e-6
-
-
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("size", [(64, 64), (13, 29), (200, 97)])
-def test_resize_bilinear_matches_torch(align_corners, size):
-    x = np.random.RandomState(5).randn(2, 50, 60, 3).astype(np.float32)
-    expected = (
-        F.interpolate(
-            torch.from_numpy(x).permute(0, 3, 1, 2),
-            size,
-            mode="bilinear",
-            align_corners=align_corners,
-        )
-        .permute(0, 2, 3, 1)
-        .numpy()
-    )
-    assert rel_l2(resize_bilinear(x, size, align_corners=align_corners), expected) <= 1e-6
-
-
-@pytest.mark.parametrize("size", [(64, 64), (13, 29), (200, 97)])
-def test_resize_nearest_matches_torch(size):
-    x = np.random.RandomState(6).randn(2, 50, 60, 3).astype(np.float32)
-    expected = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size, mode="nearest")
-    np.testing.assert_array_equal(resize_nearest(x, size), expected.permute(0, 2, 3, 1).numpy())
