@@ -48,9 +48,16 @@ def param_shapes(config) -> dict:
     return jax.eval_shape(partial(init, config=config), jax.random.key(0))
 
 
-def apply(params: dict, images: jax.Array, *, config) -> dict[str, jax.Array]:
-    """Normalised images (B, H, W, 3) -> dict of NHWC feature maps."""
-    return build(config).apply({"params": params}, images)
+def apply(
+    params: dict, images: jax.Array, *, config, start: str = "layer0", stop: str = "layer4"
+) -> dict[str, jax.Array]:
+    """Normalised images (B, H, W, 3) -> dict of NHWC feature maps.
+
+    `start` / `stop` run only the stages from `start` to `stop` (of layer0 ... layer4); with
+    `start` after layer0 the input is the previous stage's output (VRP-SAM runs the reference
+    image's layer4 on its masked layer3).
+    """
+    return build(config).apply({"params": params}, images, start, stop)
 
 
 def config_to_dict(config) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class ResNetConfig:
     dtype: str = "float32"
 
 
+STAGES = ("layer0", "layer1", "layer2", "layer3", "layer4")
+
 RESNET_ARCHS = {
     "resnet50": ResNetConfig((3, 4, 6, 3)),
     "resnet101": ResNetConfig((3, 4, 23, 3)),
@@ -90,29 +92,35 @@ class ResNet(nn.Module):
     config: ResNetConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, start: str = "layer0", stop: str = "layer4"
+    ) -> dict[str, jax.Array]:
+        """Run stages `start`..`stop` (of layer0..layer4); x is the input of `start` (the
+        images for layer0, else the previous stage's output)."""
         c = self.config
+        first, last = STAGES.index(start), STAGES.index(stop)
         dt = jnp.dtype(c.dtype)
         x = x.astype(dt)
-        if c.deep_stem:
-            for i, ch, stride in ((1, 64, 2), (2, 64, 1), (3, 128, 1)):
-                x = _conv(ch, 3, stride, name=f"conv{i}", dtype=dt)(x)
-                x = nn.relu(FrozenBatchNorm(dtype=dt, name=f"bn{i}")(x))
-            inplanes = 128
-        else:
-            x = nn.Conv(
-                c.width,
-                (7, 7),
-                strides=(2, 2),
-                padding=((3, 3), (3, 3)),
-                use_bias=False,
-                dtype=dt,
-                name="conv1",
-            )(x)
-            x = nn.relu(FrozenBatchNorm(dtype=dt, name="bn1")(x))
-            inplanes = c.width
-        x = max_pool(x, 3, 2, padding=1)
-        feats = {"layer0": x}
+        feats = {}
+        if first == 0:
+            if c.deep_stem:
+                for i, ch, stride in ((1, 64, 2), (2, 64, 1), (3, 128, 1)):
+                    x = _conv(ch, 3, stride, name=f"conv{i}", dtype=dt)(x)
+                    x = nn.relu(FrozenBatchNorm(dtype=dt, name=f"bn{i}")(x))
+            else:
+                x = nn.Conv(
+                    c.width,
+                    (7, 7),
+                    strides=(2, 2),
+                    padding=((3, 3), (3, 3)),
+                    use_bias=False,
+                    dtype=dt,
+                    name="conv1",
+                )(x)
+                x = nn.relu(FrozenBatchNorm(dtype=dt, name="bn1")(x))
+            x = max_pool(x, 3, 2, padding=1)
+            feats["layer0"] = x
+        inplanes = 128 if c.deep_stem else c.width
         dilation = 1
         for li, blocks in enumerate(c.layers):
             planes = c.width * 2**li
@@ -121,18 +129,19 @@ class ResNet(nn.Module):
             if li > 0 and c.replace_stride_with_dilation[li - 1]:
                 dilation *= stride
                 stride = 1
-            for bi in range(blocks):
-                block = Bottleneck(
-                    planes,
-                    stride=stride if bi == 0 else 1,
-                    dilation=previous_dilation if bi == 0 else dilation,
-                    downsample=bi == 0 and (stride != 1 or inplanes != 4 * planes),
-                    dtype=dt,
-                    name=f"layer{li + 1}_{bi}",
-                )
-                x, pre = block(x)
-                if li >= 1:
-                    feats[f"layer{li + 1}_{bi}"] = pre
+            if first <= li + 1 <= last:
+                for bi in range(blocks):
+                    block = Bottleneck(
+                        planes,
+                        stride=stride if bi == 0 else 1,
+                        dilation=previous_dilation if bi == 0 else dilation,
+                        downsample=bi == 0 and (stride != 1 or inplanes != 4 * planes),
+                        dtype=dt,
+                        name=f"layer{li + 1}_{bi}",
+                    )
+                    x, pre = block(x)
+                    if li >= 1:
+                        feats[f"layer{li + 1}_{bi}"] = pre
+                feats[f"layer{li + 1}"] = x
             inplanes = 4 * planes
-            feats[f"layer{li + 1}"] = x
         return feats

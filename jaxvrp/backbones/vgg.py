@@ -42,22 +42,32 @@ class VGG(nn.Module):
     config: VGGConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, start: str = "layer0", stop: str = "layer4"
+    ) -> dict[str, jax.Array]:
+        """Run stages `start`..`stop`; x is the input of `start`."""
+        names = tuple(STAGE_ENDS)
+        first = names.index(start)
+        begin = 0 if first == 0 else STAGE_ENDS[names[first - 1]]
+        end = STAGE_ENDS[stop]
         dt = jnp.dtype(self.config.dtype)
         x = x.astype(dt)
         ends = {v: k for k, v in STAGE_ENDS.items()}
         feats = {}
         index = 0  # position in torchvision's `features` Sequential
         for v in self.config.cfg:
+            run = begin <= index < end
             if v == "M":
-                x = max_pool(x, 2, 2, ceil_mode=self.config.ceil_mode)
+                if run:
+                    x = max_pool(x, 2, 2, ceil_mode=self.config.ceil_mode)
                 index += 1
             else:
-                x = nn.Conv(
-                    v, (3, 3), padding=((1, 1), (1, 1)), dtype=dt, name=f"features_{index}"
-                )(x)
-                x = nn.relu(FrozenBatchNorm(dtype=dt, name=f"features_{index + 1}")(x))
+                if run:
+                    conv = nn.Conv(
+                        v, (3, 3), padding=((1, 1), (1, 1)), dtype=dt, name=f"features_{index}"
+                    )
+                    x = nn.relu(FrozenBatchNorm(dtype=dt, name=f"features_{index + 1}")(conv(x)))
                 index += 3
-            if index in ends:
+            if run and index in ends:
                 feats[ends[index]] = x
         return feats
