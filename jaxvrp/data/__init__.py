@@ -1,0 +1,1 @@
+"""Few-shot episode data and the reference annotations simulated from ground-truth masks."""
