@@ -1,0 +1,333 @@
+"""VRP-SAM's visual reference prompt encoder, as pure functions.
+
+Official: syp2ysy/VRP-SAM `model/VRP_encoder.py`, `model/base/transformer_decoder.py`,
+`SAM2pred.py`. Module and parameter names follow the official module tree
+(`downsample_query.0` -> `downsample_query_0`, ...), so official checkpoints convert by name.
+
+    config = make_config(backbone="resnet50_deepstem", sam="vit_h")
+    params = init(rng, config)                           # the learner's 1,592,064 parameters
+    logits = apply(params, frozen, batch, config=config, rng=rng, train=True)   # (B, H, W)
+    loss = loss_fn(params, frozen, batch, config=config, rng=rng)
+
+`frozen = {"sam": sam_params, "backbone": backbone_params}` is a separate tree: gradients are
+only ever taken with respect to `params`.
+
+Batch (all arrays, fixed shapes):
+- `query_image` (B, H, W, 3) and `support_images` (B, K, H, W, 3): ImageNet-normalised.
+- `support_annotations` (B, K, H, W): binary reference annotations (point / scribble / box /
+  mask, see `jaxvrp.data.annotations`).
+- optional `query_embedding` (B, h, w, C): precomputed SAM image embeddings (a cache).
+- for the loss: `query_mask` (B, H, W) binary, optional `query_ignore` (B, H, W) bool.
+
+Where the official code and the paper differ, or the code is weak, a config option chooses:
+`pseudo_mask_minmax` (paper: min-max normalised pseudo-mask; code: raw; default code) and
+`annotation_downsample` ("nearest", the official `F.interpolate(mode="nearest")`, which drops
+most single-pixel points; "any": a feature cell counts as annotated if any pixel in it is,
+which keeps them).
+"""
+
+import dataclasses
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvrp import backbones
+from jaxvrp.image import resize_bilinear, resize_nearest
+from jaxvrp.learners.attention import (
+    CrossAttentionLayer,
+    SelfAttentionLayer,
+    sine_position_embedding,
+)
+from jaxvrp.learners.losses import segmentation_loss
+from jaxvrp.sam import config as sam_config
+from jaxvrp.sam import model as sam_model
+from jaxvrp.sam.common import Embedding
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class VRPConfig:
+    backbone: Any  # a backbone config (jaxvrp.backbones)
+    sam: sam_config.SamConfig
+    num_queries: int = 50  # VRP-SAM paper and code
+    hidden_dim: int = 256
+    num_heads: int = 4
+    num_layers: int = 1
+    dropout: float = 0.5  # Dropout2d after the shared 1x1 conv (official code)
+    pseudo_mask_minmax: bool = False
+    annotation_downsample: str = "nearest"  # "nearest" (official) or "any"
+    cosine_eps: float = 1e-7  # official get_pseudo_mask
+    prototype_eps: float = 5e-4  # official mask_feature
+
+
+def make_config(
+    backbone: str = "resnet50_deepstem", sam: str = "vit_h", **overrides: Any
+) -> VRPConfig:
+    """A `VRPConfig` from a backbone name and a SAM variant name.
+
+    The prompt width (`hidden_dim`) is SAM's prompt embedding width (256 for official SAMs).
+    """
+    if overrides.get("annotation_downsample", "nearest") not in ("nearest", "any"):
+        raise ValueError("annotation_downsample must be 'nearest' or 'any'")
+    sam_cfg = sam_config.get_config(sam)
+    hidden = overrides.setdefault("hidden_dim", sam_cfg.prompt_embed_dim)
+    if hidden != sam_cfg.prompt_embed_dim:
+        raise ValueError(
+            f"hidden_dim {hidden} must equal the SAM prompt width {sam_cfg.prompt_embed_dim}"
+        )
+    return VRPConfig(backbones.get_config(backbone), sam_cfg, **overrides)
+
+
+def channel_dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """PyTorch's Dropout2d on NHWC: zero whole channels per example, scale by 1/(1-rate)."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class TransformerDecoder(nn.Module):
+    """50 learned queries: cross-attn to the reference, self-attn, cross-attn to the target,
+    self-attn (official `transformer_decoder`, post-norm, no FFN)."""
+
+    num_queries: int
+    hidden_dim: int
+    num_heads: int
+    num_layers: int = 1
+
+    @nn.compact
+    def __call__(self, target: jax.Array, reference: jax.Array) -> jax.Array:
+        """target, reference (B, h, w, C) -> queries (B, num_queries, C)."""
+        b, h, w, c = target.shape
+        pos = sine_position_embedding(h, w, c // 2).reshape(1, h * w, c)
+        src_t = target.reshape(b, h * w, c)
+        src_r = reference.reshape(b, h * w, c)
+        queries = Embedding(self.num_queries, self.hidden_dim, name="supp_q_feat")()
+        out = jnp.broadcast_to(queries[None], (b, *queries.shape))
+        d, n = self.hidden_dim, self.num_heads
+        for i in range(self.num_layers):
+            out = CrossAttentionLayer(d, n, name=f"transformer_cross_attention_layers_0_{i}")(
+                out, src_r, pos
+            )
+            out = SelfAttentionLayer(d, n, name=f"transformer_self_attention_layers_0_{i}")(out)
+            out = CrossAttentionLayer(d, n, name=f"transformer_cross_attention_layers_{i}")(
+                out, src_t, pos
+            )
+            out = SelfAttentionLayer(d, n, name=f"transformer_self_attention_layers_{i}")(out)
+        return out
+
+
+class VRPEncoder(nn.Module):
+    """Feature augmenter + prompt generator on precomputed backbone features."""
+
+    config: VRPConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        query_feat: jax.Array,
+        support_feat: jax.Array,
+        support_mask: jax.Array,
+        pseudo_mask: jax.Array,
+        *,
+        train: bool,
+        rng: jax.Array | None,
+    ) -> jax.Array:
+        """Mid-level features (B, h, w, Cin), masks (B, h, w, 1) -> prompts (B, Q, C)."""
+        c = self.config
+        down = nn.Conv(c.hidden_dim, (1, 1), use_bias=False, name="downsample_query_0")
+        q = nn.relu(down(query_feat))
+        s = nn.relu(down(support_feat))
+        if train and c.dropout > 0:
+            if rng is None:
+                raise ValueError("train=True needs an rng for dropout")
+            rq, rs = jax.random.split(rng)
+            q, s = channel_dropout(q, c.dropout, rq), channel_dropout(s, c.dropout, rs)
+        prototype = masked_average_pool(s, support_mask, c.prototype_eps)  # (B, C)
+        proto_map = jnp.broadcast_to(prototype[:, None, None, :], s.shape)
+        merge = nn.Conv(c.hidden_dim, (1, 1), use_bias=False, name="merge_1_0")
+        s = nn.relu(merge(jnp.concatenate([s, proto_map, support_mask * 10.0], axis=-1)))
+        q = nn.relu(merge(jnp.concatenate([q, proto_map, pseudo_mask * 10.0], axis=-1)))
+        return TransformerDecoder(
+            c.num_queries, c.hidden_dim, c.num_heads, c.num_layers, name="transformer_decoder"
+        )(q, s)
+
+
+def masked_average_pool(feat: jax.Array, mask: jax.Array, eps: float) -> jax.Array:
+    """sum(feat * mask) / (sum(mask) + eps) over space: (B, h, w, C), (B, h, w, 1) -> (B, C)."""
+    return (feat * mask).sum(axis=(1, 2)) / (mask.sum(axis=(1, 2)) + eps)
+
+
+def downsample_annotation(ann: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
+    """Binary annotations (B, H, W) -> (B, h, w, 1) at feature resolution."""
+    if method == "nearest":
+        return resize_nearest(ann[..., None], size)
+
+    # "any": a cell is annotated when any input pixel of its adaptive-pooling window is
+    # (torch adaptive_max_pool2d windows [floor(i H / h), ceil((i + 1) H / h))).
+    def windows(n_in, n_out):
+        i = np.arange(n_out)
+        lo, hi = np.floor(i * n_in / n_out), np.ceil((i + 1) * n_in / n_out)
+        j = np.arange(n_in)
+        return jnp.asarray(((j >= lo[:, None]) & (j < hi[:, None])).astype(np.float32))
+
+    wh, ww = windows(ann.shape[1], size[0]), windows(ann.shape[2], size[1])
+    hits = jnp.einsum("yh,bhw,xw->byx", wh, (ann > 0).astype(jnp.float32), ww)
+    return (hits > 0).astype(jnp.float32)[..., None]
+
+
+def pseudo_mask(
+    support4: jax.Array, query4: jax.Array, mask: jax.Array, eps: float, minmax: bool
+) -> jax.Array:
+    """Max cosine similarity of each query position to the masked support features.
+
+    support4, query4 (B, h, w, C); mask (B, h', w', 1) -> (B, h, w, 1).
+    """
+    b, h, w, c = query4.shape
+    if mask.shape[1:3] != (h, w):  # official: bilinear, align_corners=True
+        mask = resize_bilinear(mask, (h, w), align_corners=True)
+    s = (support4 * mask).reshape(b, -1, c)
+    q = query4.reshape(b, -1, c)
+    num = jnp.einsum("bsc,bqc->bsq", s, q)
+    den = jnp.linalg.norm(s, axis=-1)[:, :, None] * jnp.linalg.norm(q, axis=-1)[:, None, :]
+    sim = (num / (den + eps)).max(axis=1)  # (B, hw)
+    if minmax:  # paper, eq. 2
+        lo, hi = sim.min(axis=1, keepdims=True), sim.max(axis=1, keepdims=True)
+        sim = (sim - lo) / (hi - lo + eps)
+    return sim.reshape(b, h, w, 1)
+
+
+def _mid_level(feats: dict[str, jax.Array]) -> jax.Array:
+    """concat(layer2, layer3); layer2 resized to layer3's size when they differ (VGG)."""
+    l2, l3 = feats["layer2"], feats["layer3"]
+    if l2.shape[1:3] != l3.shape[1:3]:
+        l2 = resize_bilinear(l2, l3.shape[1:3], align_corners=True)
+    return jnp.concatenate([l2, l3], axis=-1)
+
+
+def reference_features(
+    backbone_params: Params,
+    query: jax.Array,
+    support: jax.Array,
+    annotation: jax.Array,
+    config: VRPConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Frozen-backbone side of VRP-SAM for one shot.
+
+    query (B, H, W, 3), support (B, H, W, 3), annotation (B, H, W) ->
+    (query mid-level, support mid-level, support mask, pseudo-mask), all (B, h, w, *).
+    """
+    bb = partial(backbones.apply, backbone_params, config=config.backbone)
+    qf = bb(query)
+    sf = bb(support, stop="layer3")
+    mask = downsample_annotation(annotation, sf["layer3"].shape[1:3], config.annotation_downsample)
+    s4 = bb(sf["layer3"] * mask, start="layer4")["layer4"]
+    pm = pseudo_mask(s4, qf["layer4"], mask, config.cosine_eps, config.pseudo_mask_minmax)
+    return tuple(jax.lax.stop_gradient(x) for x in (_mid_level(qf), _mid_level(sf), mask, pm))
+
+
+def encode_prompts(
+    params: Params,
+    frozen: Params,
+    batch: dict,
+    *,
+    config: VRPConfig,
+    train: bool,
+    rng: jax.Array | None,
+) -> jax.Array:
+    """The prompt embeddings for the batch: (B, K * num_queries, C); the K shots' prompt
+    sets are concatenated along the token axis (official `predict_mask_nshot`)."""
+    support = batch["support_images"]
+    b, k = support.shape[:2]
+    query = batch["query_image"]
+    # every shot pairs the same query with its own reference: fold shots into the batch
+    tile = lambda x: jnp.repeat(x, k, axis=0)
+    feats = reference_features(
+        frozen["backbone"],
+        tile(query),
+        support.reshape(b * k, *support.shape[2:]),
+        batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
+        config,
+    )
+    prompts = VRPEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
+    return prompts.reshape(b, k * config.num_queries, -1)
+
+
+def sam_embeddings(sam_params: Params, query: jax.Array, config: VRPConfig) -> jax.Array:
+    """SAM image embeddings of ImageNet-normalised query images (B, H, W, 3).
+
+    As official `SAM2pred`: bilinear (align_corners=True) resize to SAM's input size; the
+    ImageNet normalisation of the dataset equals SAM's pixel normalisation.
+    """
+    s = config.sam.image_size
+    x = resize_bilinear(query, (s, s), align_corners=True)
+    return jax.lax.stop_gradient(sam_model.encode_image(sam_params, x, config=config.sam))
+
+
+def decode_with_prompts(
+    sam_params: Params,
+    embeddings: jax.Array,
+    prompts: jax.Array,
+    out_size: tuple[int, int],
+    config: VRPConfig,
+) -> jax.Array:
+    """Sparse prompts (B, N, C) as SAM's only prompts (dense = no_mask_embed, mask token 0),
+    logits upsampled (bilinear, align_corners=True) to `out_size`: (B, H, W)."""
+    b = prompts.shape[0]
+    _, dense = sam_model.encode_prompts(sam_params, config=config.sam)
+    dense = jnp.broadcast_to(dense, (b, *dense.shape[1:]))
+    low, _ = sam_model.decode_masks(
+        sam_params, embeddings, prompts, dense, config=config.sam, multimask_output=False
+    )
+    return resize_bilinear(low[:, 0], out_size, align_corners=True, channels_last=False)
+
+
+def apply(
+    params: Params,
+    frozen: Params,
+    batch: dict,
+    *,
+    config: VRPConfig,
+    rng: jax.Array | None = None,
+    train: bool = False,
+) -> jax.Array:
+    """Target-image logits (B, H, W) at the query image's size."""
+    query = batch["query_image"]
+    prompts = encode_prompts(params, frozen, batch, config=config, train=train, rng=rng)
+    emb = batch.get("query_embedding")
+    if emb is None:
+        emb = sam_embeddings(frozen["sam"], query, config)
+    return decode_with_prompts(frozen["sam"], emb, prompts, query.shape[1:3], config)
+
+
+def loss_fn(
+    params: Params,
+    frozen: Params,
+    batch: dict,
+    *,
+    config: VRPConfig,
+    rng: jax.Array,
+    train: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """BCE-with-logits + Dice (1:1), ignore-aware: (loss, {"bce", "dice"})."""
+    logits = apply(params, frozen, batch, config=config, rng=rng, train=train)
+    return segmentation_loss(logits, batch["query_mask"], batch.get("query_ignore"))
+
+
+def init(rng: jax.Array, config: VRPConfig) -> Params:
+    """Fresh learner parameters (float32); shapes follow the backbone's channels."""
+    bb_shapes = backbones.param_shapes(config.backbone)
+
+    def features(bb_params):
+        img = jnp.zeros((1, 64, 64, 3))
+        return reference_features(bb_params, img, img, jnp.zeros((1, 64, 64)), config)
+
+    q, s, m, p = (jnp.zeros(x.shape) for x in jax.eval_shape(features, bb_shapes))
+    return VRPEncoder(config).init(rng, q, s, m, p, train=False, rng=None)["params"]
+
+
+def num_params(params: Params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
