@@ -24,7 +24,9 @@ from conversion.common import (
     load_torch_state_dict,
     sha256_file,
 )
+from conversion.dinov2 import convert_dinov2_state_dict
 from jaxvrp import backbones, params_io
+from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.backbones.resnet import ResNetConfig
 from jaxvrp.backbones.vgg import VGGConfig
 
@@ -73,6 +75,8 @@ def convert_backbone_state_dict(state_dict: dict[str, np.ndarray], config: Any) 
             return "conv" if m and int(m.group(1)) in convs else "identity"
 
         return convert_state_dict(state_dict, shapes, transform_of, ignored=_DROPPED.search)
+    if isinstance(config, Dinov2Config):
+        return convert_dinov2_state_dict(state_dict, config)
     raise ConversionError(f"no converter for backbone config {type(config).__name__}")
 
 

@@ -1,5 +1,9 @@
 """Frozen semantic backbones (ResNet, VGG-16-BN, DINOv2) returning named NHWC features.
 
+Architectures (`ARCHS`): resnet50, resnet101 (torchvision), resnet50_deepstem,
+resnet101_deepstem (VRP-SAM / PSPNet), vgg16_bn, dinov2_vit{s,b,l}14 (and `_reg` with
+registers), plus small `*_test*` variants for tests.
+
     config = get_config("resnet50_deepstem")
     params = init(jax.random.key(0), config)       # or load(dir) after conversion
     feats = apply(params, images, config=config)   # {"layer0": ..., "layer4": ..., ...}
@@ -18,12 +22,17 @@ import flax.linen as nn
 import jax
 
 from jaxvrp import params_io
+from jaxvrp.backbones.dinov2 import DINOV2_VARIANTS, Dinov2, Dinov2Config
 from jaxvrp.backbones.resnet import RESNET_ARCHS, ResNet, ResNetConfig
 from jaxvrp.backbones.vgg import VGG, VGG_ARCHS, VGGConfig
 
 KIND = "backbone"
-ARCHS: dict[str, Any] = {**RESNET_ARCHS, **VGG_ARCHS}
-_MODULES: dict[type, type[nn.Module]] = {ResNetConfig: ResNet, VGGConfig: VGG}
+ARCHS: dict[str, Any] = {**RESNET_ARCHS, **VGG_ARCHS, **DINOV2_VARIANTS}
+_MODULES: dict[type, type[nn.Module]] = {
+    ResNetConfig: ResNet,
+    VGGConfig: VGG,
+    Dinov2Config: Dinov2,
+}
 
 
 def get_config(arch: str, **overrides: Any):
@@ -37,11 +46,12 @@ def build(config) -> nn.Module:
     return _MODULES[type(config)](config)
 
 
-@partial(jax.jit, static_argnames=("config", "image_size"))
-def init(rng: jax.Array, config, image_size: int = 64) -> dict:
-    """Fresh parameters (float32) for `config`."""
-    x = jax.numpy.zeros((1, image_size, image_size, 3))
-    return build(config).init(rng, x)["params"]
+@partial(jax.jit, static_argnames=("config",))
+def init(rng: jax.Array, config) -> dict:
+    """Fresh parameters (float32) for `config` (real weights come from `conversion.backbone`)."""
+    # Any input creates every parameter; a ViT's tables take their shapes from the config.
+    size = config.patch_size if isinstance(config, Dinov2Config) else 32
+    return build(config).init(rng, jax.numpy.zeros((1, size, size, 3)))["params"]
 
 
 def param_shapes(config) -> dict:
@@ -49,15 +59,24 @@ def param_shapes(config) -> dict:
 
 
 def apply(
-    params: dict, images: jax.Array, *, config, start: str = "layer0", stop: str = "layer4"
+    params: dict,
+    images: jax.Array,
+    *,
+    config,
+    start: str = "layer0",
+    stop: str = "layer4",
+    prefix: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Normalised images (B, H, W, 3) -> dict of NHWC feature maps.
+    """Normalised images (B, H, W, 3) -> dict of NHWC feature maps, float32.
 
     `start` / `stop` run only the stages from `start` to `stop` (of layer0 ... layer4); with
     `start` after layer0 the input is the previous stage's output (VRP-SAM runs the reference
-    image's layer4 on its masked layer3).
+    image's layer4 on its masked layer3). A ViT also needs that stage's class/register
+    tokens as `prefix` (its "<layer>_prefix" output).
     """
-    return build(config).apply({"params": params}, images, start, stop)
+    extra = {} if prefix is None else {"prefix": prefix}
+    out = build(config).apply({"params": params}, images, start, stop, **extra)
+    return {k: v.astype(jax.numpy.float32) for k, v in out.items()}
 
 
 def config_to_dict(config) -> dict[str, Any]:
