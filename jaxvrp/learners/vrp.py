@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvrp import backbones
+from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.image import resize_bilinear, resize_nearest
 from jaxvrp.learners.attention import (
     CrossAttentionLayer,
@@ -208,6 +209,17 @@ def _mid_level(feats: dict[str, jax.Array]) -> jax.Array:
     return jnp.concatenate([l2, l3], axis=-1)
 
 
+def backbone_input(images: jax.Array, config: VRPConfig) -> jax.Array:
+    """Images as the backbone takes them: a ViT needs sides that are multiples of its patch
+    size, so DINOv2 gets a bilinear resize to the nearest multiples (512 -> 518 = 37 x 14)."""
+    bb = config.backbone
+    if not isinstance(bb, Dinov2Config):
+        return images
+    p = bb.patch_size
+    size = tuple(max(1, round(n / p)) * p for n in images.shape[1:3])
+    return images if size == images.shape[1:3] else resize_bilinear(images, size)
+
+
 def reference_features(
     backbone_params: Params,
     query: jax.Array,
@@ -221,10 +233,11 @@ def reference_features(
     (query mid-level, support mid-level, support mask, pseudo-mask), all (B, h, w, *).
     """
     bb = partial(backbones.apply, backbone_params, config=config.backbone)
-    qf = bb(query)
-    sf = bb(support, stop="layer3")
+    qf = bb(backbone_input(query, config))
+    sf = bb(backbone_input(support, config), stop="layer3")
     mask = downsample_annotation(annotation, sf["layer3"].shape[1:3], config.annotation_downsample)
-    s4 = bb(sf["layer3"] * mask, start="layer4")["layer4"]
+    # a ViT continues from its class/register tokens, which are not masked
+    s4 = bb(sf["layer3"] * mask, start="layer4", prefix=sf.get("layer3_prefix"))["layer4"]
     pm = pseudo_mask(s4, qf["layer4"], mask, config.cosine_eps, config.pseudo_mask_minmax)
     return tuple(jax.lax.stop_gradient(x) for x in (_mid_level(qf), _mid_level(sf), mask, pm))
 

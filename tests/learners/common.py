@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from jaxvrp import backbones
+from jaxvrp.sam import get_config as sam_config
 from jaxvrp.sam import init as sam_init
 
 BACKBONE, SAM = "resnet_test_deepstem", "test_small_image"
@@ -14,7 +15,7 @@ BACKBONE, SAM = "resnet_test_deepstem", "test_small_image"
 @functools.cache
 def frozen_params(seed: int = 0) -> dict:
     bb = backbones.get_config(BACKBONE)
-    sam = __import__("jaxvrp.sam", fromlist=["get_config"]).get_config(SAM)
+    sam = sam_config(SAM)
     k1, k2 = jax.random.split(jax.random.key(seed))
     return {"sam": sam_init(k1, sam), "backbone": backbones.init(k2, bb)}
 

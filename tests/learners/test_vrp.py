@@ -9,6 +9,7 @@ import optax
 import pytest
 import torch
 
+from jaxvrp import backbones
 from jaxvrp.learners import vrp
 from jaxvrp.learners.attention import MultiheadAttention, sine_position_embedding
 from jaxvrp.learners.losses import segmentation_loss
@@ -29,6 +30,20 @@ def test_default_learner_has_the_official_parameter_count():
     vgg = vrp.make_config("vgg16_bn", "vit_h")
     shapes = jax.eval_shape(partial(vrp.init, config=vgg), jax.random.key(0))
     assert shapes["downsample_query_0"]["kernel"].shape == (1, 1, 768, 256)
+
+
+@pytest.mark.parametrize("backbone", ["vgg_test", "dinov2_test"])
+def test_other_backbones(backbone):
+    """VGG (layer2 resized to layer3) and DINOv2 (64 -> 70 = 5 x 14 input, layer4 continued
+    from the class token) run end to end."""
+    config = vrp.make_config(backbone, SAM)
+    params = vrp.init(jax.random.key(0), config)
+    frozen = {
+        "sam": frozen_params()["sam"],
+        "backbone": backbones.init(jax.random.key(1), config.backbone),
+    }
+    out = vrp.apply(params, frozen, make_batch(b=1, k=2), config=config)
+    assert out.shape == (1, 64, 64) and bool(jnp.isfinite(out).all())
 
 
 def test_config_errors():
