@@ -242,6 +242,20 @@ def reference_features(
     return tuple(jax.lax.stop_gradient(x) for x in (_mid_level(qf), _mid_level(sf), mask, pm))
 
 
+def shot_features(frozen: Params, batch: dict, config: VRPConfig) -> tuple[jax.Array, ...]:
+    """`reference_features` for every (query, shot) pair, shots folded into the batch:
+    each of the K shots pairs the same query with its own reference, (B * K, h, w, *)."""
+    support = batch["support_images"]
+    b, k = support.shape[:2]
+    return reference_features(
+        frozen["backbone"],
+        jnp.repeat(batch["query_image"], k, axis=0),
+        support.reshape(b * k, *support.shape[2:]),
+        batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
+        config,
+    )
+
+
 def encode_prompts(
     params: Params,
     frozen: Params,
@@ -253,20 +267,9 @@ def encode_prompts(
 ) -> jax.Array:
     """The prompt embeddings for the batch: (B, K * num_queries, C); the K shots' prompt
     sets are concatenated along the token axis (official `predict_mask_nshot`)."""
-    support = batch["support_images"]
-    b, k = support.shape[:2]
-    query = batch["query_image"]
-    # every shot pairs the same query with its own reference: fold shots into the batch
-    tile = lambda x: jnp.repeat(x, k, axis=0)
-    feats = reference_features(
-        frozen["backbone"],
-        tile(query),
-        support.reshape(b * k, *support.shape[2:]),
-        batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
-        config,
-    )
+    feats = shot_features(frozen, batch, config)
     prompts = VRPEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
-    return prompts.reshape(b, k * config.num_queries, -1)
+    return prompts.reshape(batch["support_images"].shape[0], -1, prompts.shape[-1])
 
 
 def sam_embeddings(sam_params: Params, query: jax.Array, config: VRPConfig) -> jax.Array:
@@ -298,6 +301,12 @@ def decode_with_prompts(
     return resize_bilinear(low[:, 0], out_size, align_corners=True, channels_last=False)
 
 
+def query_embeddings(frozen: Params, batch: dict, config: VRPConfig) -> jax.Array:
+    """The batch's cached `query_embedding`, else computed from `query_image`."""
+    emb = batch.get("query_embedding")
+    return sam_embeddings(frozen["sam"], batch["query_image"], config) if emb is None else emb
+
+
 def apply(
     params: Params,
     frozen: Params,
@@ -308,12 +317,9 @@ def apply(
     train: bool = False,
 ) -> jax.Array:
     """Target-image logits (B, H, W) at the query image's size."""
-    query = batch["query_image"]
     prompts = encode_prompts(params, frozen, batch, config=config, train=train, rng=rng)
-    emb = batch.get("query_embedding")
-    if emb is None:
-        emb = sam_embeddings(frozen["sam"], query, config)
-    return decode_with_prompts(frozen["sam"], emb, prompts, query.shape[1:3], config)
+    emb = query_embeddings(frozen, batch, config)
+    return decode_with_prompts(frozen["sam"], emb, prompts, batch["query_image"].shape[1:3], config)
 
 
 def loss_fn(
@@ -330,16 +336,21 @@ def loss_fn(
     return segmentation_loss(logits, batch["query_mask"], batch.get("query_ignore"))
 
 
-def init(rng: jax.Array, config: VRPConfig) -> Params:
-    """Fresh learner parameters (float32); shapes follow the backbone's channels."""
-    bb_shapes = backbones.param_shapes(config.backbone)
+def feature_placeholders(config: VRPConfig) -> list[jax.Array]:
+    """Zero inputs of the encoder's shapes (for `init`), from the backbone's channels."""
 
     def features(bb_params):
         img = jnp.zeros((1, 64, 64, 3))
         return reference_features(bb_params, img, img, jnp.zeros((1, 64, 64)), config)
 
-    q, s, m, p = (jnp.zeros(x.shape) for x in jax.eval_shape(features, bb_shapes))
-    return VRPEncoder(config).init(rng, q, s, m, p, train=False, rng=None)["params"]
+    shapes = jax.eval_shape(features, backbones.param_shapes(config.backbone))
+    return [jnp.zeros(x.shape) for x in shapes]
+
+
+def init(rng: jax.Array, config: VRPConfig) -> Params:
+    """Fresh learner parameters (float32); shapes follow the backbone's channels."""
+    feats = feature_placeholders(config)
+    return VRPEncoder(config).init(rng, *feats, train=False, rng=None)["params"]
 
 
 def num_params(params: Params) -> int:
