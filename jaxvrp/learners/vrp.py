@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrp import backbones
+from jaxvrp import backbones, params_io
 from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.image import resize_bilinear, resize_nearest
 from jaxvrp.learners.attention import (
@@ -49,6 +49,8 @@ from jaxvrp.sam import model as sam_model
 from jaxvrp.sam.common import Embedding
 
 Params = dict[str, Any]
+
+CHECKPOINT_KIND = "vrp_sam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +353,24 @@ def init(rng: jax.Array, config: VRPConfig) -> Params:
     """Fresh learner parameters (float32); shapes follow the backbone's channels."""
     feats = feature_placeholders(config)
     return VRPEncoder(config).init(rng, *feats, train=False, rng=None)["params"]
+
+
+def param_shapes(config: VRPConfig) -> Params:
+    return jax.eval_shape(partial(init, config=config), jax.random.key(0))
+
+
+def config_to_dict(config: VRPConfig, *, backbone: str, sam: str) -> dict[str, Any]:
+    """JSON-able form of a config made by `make_config(backbone, sam, ...)`."""
+    d = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {**d, "backbone": backbone, "sam": sam}
+
+
+def load(directory: str) -> tuple[Params, Params, VRPConfig]:
+    """(learner params, backbone params, config) from `conversion.vrp_sam`'s output."""
+    params, metadata = params_io.load_params(directory, expected_kind=CHECKPOINT_KIND)
+    c = dict(metadata["config"])
+    config = make_config(c.pop("backbone"), c.pop("sam"), **c)
+    return params["learner"], params["backbone"], config
 
 
 def num_params(params: Params) -> int:
