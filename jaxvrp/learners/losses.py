@@ -13,7 +13,8 @@ def segmentation_loss(
     logits, target (B, H, W); ignore (B, H, W) bool marks pixels left out of both terms
     (e.g. PASCAL's 255 boundary label). Returns (bce + dice, {"bce", "dice"}).
     """
-    target = target.astype(jnp.float32)
+    logits = jnp.asarray(logits, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
     valid = jnp.ones_like(target) if ignore is None else 1.0 - ignore.astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(logits, target)
     bce = (bce * valid).sum() / jnp.maximum(valid.sum(), 1.0)

@@ -254,6 +254,15 @@ def test_registers_match_hf_with_registers(hw):
     _check(actual, _reference_features(model, config, images))
 
 
+def test_full_size_vits14_matches_hf():
+    """The real ViT-S/14 shapes (37 x 37 table, 12 blocks split 4/2/5/1), on a small image."""
+    config = get_config("dinov2_vits14", interpolate_offset=0.0)  # HF's size form
+    model, params = _reference(config, seed=6)
+    images = _images((28, 42), seed=7, batch=1)
+    actual = jax.jit(partial(apply, config=config))(params, images)
+    _check(actual, _reference_features(model, config, images))
+
+
 def test_official_and_hf_interpolation_differ():
     """The two forms give different tables at the full-size 37 x 37 grid (not a rounding)."""
     pos = np.random.RandomState(5).randn(1, 1 + 37 * 37, 8).astype(np.float32)

@@ -32,6 +32,7 @@ def _check(feats, expected):
     "arch,hw",
     [
         ("resnet50", (64, 64)),
+        ("resnet101", (32, 32)),
         ("resnet50_deepstem", (64, 64)),
         ("resnet_test", (70, 90)),
         ("resnet_test_deepstem", (70, 90)),
