@@ -10,7 +10,6 @@ that does not map onto the model, or a missing key, or a wrong shape, is an erro
 them all, and then nothing is written.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -20,12 +19,15 @@ import numpy as np
 
 from conversion.common import (
     ConversionError,
+    check_output,
+    cli_parser,
     convert_state_dict,
     load_torch_state_dict,
-    sha256_file,
+    run_cli,
+    save_converted,
 )
 from conversion.dinov2 import convert_dinov2_state_dict
-from jaxvrp import backbones, params_io
+from jaxvrp import backbones
 from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.backbones.resnet import ResNetConfig
 from jaxvrp.backbones.vgg import VGGConfig
@@ -85,38 +87,18 @@ def convert(arch: str, checkpoint: str | Path, out: str | Path, *, overwrite: bo
     checkpoint, out = Path(checkpoint), Path(out)
     if arch not in backbones.ARCHS:
         raise ConversionError(f"unknown --arch {arch!r}; known: {sorted(backbones.ARCHS)}")
-    if out.exists() and not overwrite:
-        raise ConversionError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)
     config = backbones.get_config(arch)
     params = convert_backbone_state_dict(load_torch_state_dict(checkpoint), config)
-    metadata = {
-        "kind": backbones.KIND,
-        "arch": arch,
-        "config": backbones.config_to_dict(config),
-        "source_file": checkpoint.name,
-        "source_sha256": sha256_file(checkpoint),
-    }
-    return params_io.save_params(out, params, metadata, overwrite=overwrite)
+    metadata = {"kind": backbones.KIND, "arch": arch, "config": backbones.config_to_dict(config)}
+    return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m conversion.backbone",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli_parser("python -m conversion.backbone", __doc__, "PyTorch state dict (.pth)")
     parser.add_argument("--arch", required=True, choices=sorted(backbones.ARCHS))
-    parser.add_argument("--checkpoint", required=True, help="PyTorch state dict (.pth)")
-    parser.add_argument("--out", required=True, help="output directory (must not exist)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.arch, args.checkpoint, args.out, overwrite=args.overwrite)
-    except (ConversionError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return run_cli(lambda: convert(args.arch, args.checkpoint, args.out, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ target leaf is produced exactly once with the expected shape; any difference is 
 reported together, and nothing is written.
 """
 
+import argparse
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,41 @@ def convert_state_dict(
                 lines.extend(f"    {item}" for item in items)
         raise ConversionError("\n".join(lines))
     return traverse_util.unflatten_dict(out)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked (checked before any work)."""
+    if out.exists() and not overwrite:
+        raise ConversionError(f"output {out} already exists (use --overwrite to replace it)")
+
+
+def save_converted(
+    out: Path, params: Any, metadata: dict[str, Any], checkpoint: Path, overwrite: bool
+) -> Path:
+    """Write a params checkpoint whose metadata also names the source file and its sha256."""
+    from jaxvrp import params_io  # noqa: PLC0415 -- keeps this module light to import
+
+    source = {"source_file": checkpoint.name, "source_sha256": sha256_file(checkpoint)}
+    return params_io.save_params(out, params, {**metadata, **source}, overwrite=overwrite)
+
+
+def cli_parser(prog: str, doc: str, checkpoint_help: str) -> argparse.ArgumentParser:
+    """The arguments every converter takes: --checkpoint, --out, --overwrite."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--out", required=True, help="output directory (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def run_cli(convert: Callable[[], Path]) -> int:
+    """Run a conversion: 0 and the output path, or 2 and the error on stderr."""
+    try:
+        out = convert()
+    except (ConversionError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

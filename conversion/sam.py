@@ -8,7 +8,6 @@ config, source file name and sha256). The variant is inferred from the tensor sh
 the offending keys, and then nothing is written.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -18,11 +17,13 @@ import numpy as np
 
 from conversion.common import (
     ConversionError,
+    check_output,
+    cli_parser,
     convert_state_dict,
     load_torch_state_dict,
-    sha256_file,
+    run_cli,
+    save_converted,
 )
-from jaxvrp import params_io
 from jaxvrp.sam.config import VARIANTS, SamConfig, get_config
 from jaxvrp.sam.model import param_shapes
 
@@ -82,8 +83,7 @@ def convert(
     """Convert `checkpoint` and write the params checkpoint to `out`. Returns `out`."""
     checkpoint = Path(checkpoint)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConversionError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)
     state_dict = load_torch_state_dict(checkpoint)
     inferred = infer_variant(state_dict)
     if variant is None:
@@ -98,34 +98,17 @@ def convert(
         )
     config = get_config(variant)
     params = convert_sam_state_dict(state_dict, config)
-    metadata = {
-        "kind": KIND,
-        "variant": variant,
-        "config": config.to_dict(),
-        "source_file": checkpoint.name,
-        "source_sha256": sha256_file(checkpoint),
-    }
-    return params_io.save_params(out, params, metadata, overwrite=overwrite)
+    metadata = {"kind": KIND, "variant": variant, "config": config.to_dict()}
+    return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m conversion.sam",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="official SAM .pth state dict")
+    parser = cli_parser("python -m conversion.sam", __doc__, "official SAM .pth state dict")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="default: from shapes")
-    parser.add_argument("--out", required=True, help="output directory (must not exist)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.checkpoint, args.out, args.variant, overwrite=args.overwrite)
-    except (ConversionError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return run_cli(
+        lambda: convert(args.checkpoint, args.out, args.variant, overwrite=args.overwrite)
+    )
 
 
 if __name__ == "__main__":

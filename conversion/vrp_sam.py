@@ -13,7 +13,6 @@ metadata `kind="vrp_sam"`, the backbone arch, the SAM variant the learner was tr
 against (`--sam`, default vit_h as the official `SAM2pred`), the source name and sha256.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -23,11 +22,13 @@ import numpy as np
 from conversion.backbone import convert_backbone_state_dict
 from conversion.common import (
     ConversionError,
+    check_output,
+    cli_parser,
     convert_state_dict,
     load_torch_state_dict,
-    sha256_file,
+    run_cli,
+    save_converted,
 )
-from jaxvrp import params_io
 from jaxvrp.learners import vrp
 from jaxvrp.sam.config import VARIANTS as SAM_VARIANTS
 
@@ -119,8 +120,7 @@ def convert(
     overwrite: bool = False,
 ) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and not overwrite:
-        raise ConversionError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)
     if sam not in SAM_VARIANTS:
         raise ConversionError(f"unknown --sam {sam!r}; known: {sorted(SAM_VARIANTS)}")
     sd = {k.removeprefix("module."): v for k, v in load_torch_state_dict(checkpoint).items()}
@@ -131,40 +131,24 @@ def convert(
     queries = sd[q_key].shape[0] if num_queries is None else num_queries
     config = vrp.make_config(arch, sam, num_queries=queries)
     params = convert_vrp_sam_state_dict(sd, config, arch)
-    metadata = {
-        "kind": KIND,
-        "config": vrp.config_to_dict(config, backbone=arch, sam=sam),
-        "source_file": checkpoint.name,
-        "source_sha256": sha256_file(checkpoint),
-    }
-    return params_io.save_params(out, params, metadata, overwrite=overwrite)
+    metadata = {"kind": KIND, "config": vrp.config_to_dict(config, backbone=arch, sam=sam)}
+    return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m conversion.vrp_sam",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="official VRP-SAM state dict")
-    parser.add_argument("--out", required=True, help="output directory (must not exist)")
+    parser = cli_parser("python -m conversion.vrp_sam", __doc__, "official VRP-SAM state dict")
     parser.add_argument("--backbone", help="backbone arch (default: from the keys)")
     parser.add_argument("--sam", default="vit_h", help="SAM variant it was trained with")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
-        out = convert(
+    return run_cli(
+        lambda: convert(
             args.checkpoint,
             args.out,
             backbone=args.backbone,
             sam=args.sam,
             overwrite=args.overwrite,
         )
-    except (ConversionError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    )
 
 
 if __name__ == "__main__":

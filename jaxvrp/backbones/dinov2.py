@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from jaxvrp.image import resize_bicubic
 from jaxvrp.sam.common import Dtype, gelu, layer_norm
+from jaxvrp.sam.image_encoder import PatchEmbed  # the same layer in both ViTs
 
 Params = dict[str, Any]
 
@@ -215,21 +216,6 @@ class Block(nn.Module):
         y = layer_norm(self.eps, self.dtype, "norm2")(x)
         y = Mlp(self.dim, int(self.dim * self.mlp_ratio), self.dtype, name="mlp")(y)
         return x + LayerScale(self.dim, name="ls2")(y)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection: (B, H, W, 3) -> (B, H/p, W/p, dim)."""
-
-    patch_size: int
-    embed_dim: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        p = self.patch_size
-        return nn.Conv(
-            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
-        )(x)
 
 
 class Dinov2(nn.Module):
