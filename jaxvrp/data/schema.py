@@ -34,9 +34,12 @@ def features(image_format: str = "jpeg") -> tfds.features.FeaturesDict:
 
 
 def encode_png(array: np.ndarray) -> io.BytesIO:
-    """uint8 (H, W) or (H, W, 3) -> PNG bytes as TFDS takes them."""
+    """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG bytes as TFDS takes them."""
+    array = np.asarray(array, np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]  # a grayscale PNG is TFDS's (H, W, 1) image
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG")
     buf.seek(0)
     return buf
 
@@ -59,7 +62,7 @@ def record(image, mask: np.ndarray, image_id: str) -> dict:
     mask = np.asarray(mask, np.uint8)
     return {
         "image": image,
-        "mask": encode_png(mask[..., None] if mask.ndim == 2 else mask),
+        "mask": encode_png(mask),
         "classes": classes_present(mask),
         "image_id": image_id,
     }

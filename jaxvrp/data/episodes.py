@@ -1,0 +1,223 @@
+"""Few-shot episodes read by grain: (K-shot reference set, target) pairs of one class.
+
+    source = open_source("pascal5i", "train", data_dir)      # TFDS ArrayRecord, no TensorFlow
+    index = ClassIndex.build(source)                          # class -> records, from `classes`
+    base, novel = folds.pascal_classes(0)
+    train = episode_dataset(source, index, base, config=cfg, train=True, batch_size=8)
+    it = iter(train)                                          # checkpointable: it.get_state()
+
+Episodes are a deterministic function of (seed, episode number): the class, the target and
+the K references are drawn with `np.random.default_rng([seed, number])` from the records of
+that class sorted by `image_id` — so the physical record order of a build does not matter,
+and the evaluation list (`num_eval_episodes`, 1000 by default, classes taken round-robin over
+the fold's novel classes) is identical on every machine and run. Training episodes number
+0, 1, 2, ... without end; with several hosts, host p of n takes the numbers p, p + n, ...,
+so hosts never repeat each other's episodes and the global stream does not depend on n.
+
+Each episode is resized to `image_size` square (aspect not kept, as VRP-SAM; bilinear for
+images, nearest for masks), ImageNet-normalised, and its references annotated by
+`jaxvrp.data.annotations` with per-episode seeds. A batch is a dict of fixed-shape numpy
+arrays:
+
+- `query_image` (B, S, S, 3) float32, `query_mask` (B, S, S) float32 (1 = the class),
+  `query_ignore` (B, S, S) bool (label 255),
+- `support_images` (B, K, S, S, 3) float32, `support_masks` (B, K, S, S) float32 (the full
+  masks), `support_annotations` (B, K, S, S) float32 (the simulated annotations),
+- `class_id` (B,) int32, `episode` (B,) int64.
+"""
+
+import dataclasses
+import io
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from jaxvrp.data import annotations
+from jaxvrp.data.schema import IGNORE
+from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD
+
+_NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig:
+    shots: int = 1
+    image_size: int = 512  # VRP-SAM
+    annotation: str = "mask"  # "point", "box", "scribble" or "mask"
+    seed: int = 0
+    num_eval_episodes: int = 1000  # per fold (VRP-SAM, HSNet)
+
+    def __post_init__(self):
+        if self.annotation not in annotations.ANNOTATION_TYPES:
+            raise ValueError(
+                f"annotation must be one of {annotations.ANNOTATION_TYPES}, got {self.annotation!r}"
+            )
+        if self.shots < 1:
+            raise ValueError(f"shots must be >= 1, got {self.shots}")
+
+
+def open_source(name: str, split: str, data_dir: str, *, images: bool = True) -> Any:
+    """A random-access TFDS ArrayRecord source of a built dataset (no TensorFlow)."""
+    try:
+        return tfds.data_source(
+            name, split=split, data_dir=data_dir, decoders=None if images else _NO_IMAGES
+        )
+    except Exception as e:  # TFDS raises several types for a missing build
+        raise FileNotFoundError(
+            f"dataset {name!r} split {split!r} is not built under {data_dir}: {e}"
+        ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassIndex:
+    """For every class, its records' indices sorted by `image_id`."""
+
+    records: dict[int, np.ndarray]
+
+    @classmethod
+    def build(cls, source: Any) -> "ClassIndex":
+        """Read `classes` and `image_id` of every record (images are not decoded)."""
+        by_class: dict[int, list[tuple[str, int]]] = {}
+        for i in range(len(source)):
+            r = source[i]
+            image_id = r["image_id"]
+            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+            for c in np.asarray(r["classes"]).tolist():
+                by_class.setdefault(int(c), []).append((image_id, i))
+        return cls({c: np.array([i for _, i in sorted(v)]) for c, v in by_class.items()})
+
+    def usable(self, classes, shots: int) -> list[int]:
+        """The given classes that have at least shots + 1 records (sorted)."""
+        return sorted(c for c in classes if len(self.records.get(c, ())) > shots)
+
+
+def draw_episode(
+    number: int, classes: list[int], index: ClassIndex, config: EpisodeConfig, *, round_robin: bool
+) -> tuple[int, int, np.ndarray]:
+    """(class, target record, K reference records) of episode `number`."""
+    rng = np.random.default_rng([config.seed, number])
+    c = classes[number % len(classes)] if round_robin else classes[rng.integers(len(classes))]
+    records = index.records[c]
+    picks = rng.choice(len(records), size=config.shots + 1, replace=False)
+    return c, int(records[picks[0]]), records[picks[1:]]
+
+
+def _decode(value: Any, mode: str) -> np.ndarray:
+    if isinstance(value, bytes):
+        value = np.asarray(Image.open(io.BytesIO(value)).convert(mode))
+    return np.asarray(value)
+
+
+def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
+    if array.shape[:2] == (size, size):
+        return array
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
+def load_example(source: Any, record: int, class_id: int, size: int):
+    """(normalised image (S, S, 3), binary mask (S, S), ignore (S, S)) of one record."""
+    r = source[record]
+    image = _resize(_decode(r["image"], "RGB").astype(np.uint8), size, Image.BILINEAR)
+    mask = _decode(r["mask"], "L")
+    mask = _resize(mask.reshape(mask.shape[:2]).astype(np.uint8), size, Image.NEAREST)
+    image = (image.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(
+        IMAGENET_STD, np.float32
+    )
+    return image, (mask == class_id).astype(np.float32), mask == IGNORE
+
+
+def make_episode(
+    source: Any,
+    number: int,
+    classes: list[int],
+    index: ClassIndex,
+    config: EpisodeConfig,
+    *,
+    train: bool,
+) -> dict[str, np.ndarray]:
+    """Episode `number` as fixed-shape arrays (see the module docstring)."""
+    c, query, refs = draw_episode(number, classes, index, config, round_robin=not train)
+    s = config.image_size
+    q_img, q_mask, q_ignore = load_example(source, query, c, s)
+    s_imgs, s_masks, s_anns = [], [], []
+    for shot, ref in enumerate(refs):
+        img, mask, _ = load_example(source, int(ref), c, s)
+        ann = annotations.simulate_annotation(
+            mask,
+            config.annotation,
+            seed=np.random.default_rng([config.seed, number, shot, 1]),
+            training=train,
+        )
+        s_imgs.append(img)
+        s_masks.append(mask)
+        s_anns.append(ann)
+    return {
+        "query_image": q_img,
+        "query_mask": q_mask,
+        "query_ignore": q_ignore,
+        "support_images": np.stack(s_imgs),
+        "support_masks": np.stack(s_masks),
+        "support_annotations": np.stack(s_anns).astype(np.float32),
+        "class_id": np.int32(c),
+        "episode": np.int64(number),
+    }
+
+
+def episode_dataset(
+    source: Any,
+    index: ClassIndex,
+    classes,
+    *,
+    config: EpisodeConfig,
+    train: bool,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
+) -> grain.IterDataset:
+    """Batched episodes of `classes` (a fold's base classes to train, novel to evaluate).
+
+    Training: endless, episodes p, p + n, ... on host p of n. Evaluation: the fixed first
+    `config.num_eval_episodes` episodes, split between hosts the same way; the last batch
+    is padded by repeating episodes, with `valid` (B,) bool marking the real ones.
+    `num_workers` > 0 decodes in that many processes. Iterators are checkpointable
+    (`get_state` / `set_state`).
+    """
+    usable = index.usable(classes, config.shots)
+    missing = sorted(set(classes) - set(usable))
+    if not usable:
+        raise ValueError(
+            f"no class of {sorted(classes)} has {config.shots + 1} records in this source"
+        )
+    if missing:
+        raise ValueError(
+            f"classes {missing} have fewer than {config.shots + 1} records (shots + 1) in this "
+            "source; remove them from the episode classes or use fewer shots"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    total = 2**62 if train else config.num_eval_episodes
+    numbers = grain.MapDataset.range(total)[process_index::process_count]
+    if not train:
+        real = numbers
+        padded = -(-len(real) // batch_size) * batch_size
+        numbers = grain.MapDataset.range(padded).map(
+            lambda j: (real[min(j, len(real) - 1)], j < len(real))
+        )
+    else:
+        numbers = numbers.map(lambda n: (n, True))
+
+    def build(item):
+        number, valid = item
+        ep = make_episode(source, int(number), usable, index, config, train=train)
+        ep["valid"] = np.bool_(valid)
+        return ep
+
+    ds = numbers.map(build).batch(batch_size, drop_remainder=True)
+    it = ds.to_iter_dataset()
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
