@@ -69,15 +69,19 @@ class VRPConfig:
 
 
 def make_config(
-    backbone: str = "resnet50_deepstem", sam: str = "vit_h", **overrides: Any
+    backbone: str = "resnet50_deepstem",
+    sam: str = "vit_h",
+    sam_dtype: str = "float32",
+    **overrides: Any,
 ) -> VRPConfig:
     """A `VRPConfig` from a backbone name and a SAM variant name.
 
-    The prompt width (`hidden_dim`) is SAM's prompt embedding width (256 for official SAMs).
+    `sam_dtype="bfloat16"` runs the frozen SAM in bf16 (float32 parameters). The prompt
+    width (`hidden_dim`) is SAM's prompt embedding width (256 for official SAMs).
     """
     if overrides.get("annotation_downsample", "nearest") not in ("nearest", "any"):
         raise ValueError("annotation_downsample must be 'nearest' or 'any'")
-    sam_cfg = sam_config.get_config(sam)
+    sam_cfg = sam_config.get_config(sam, dtype=sam_dtype)
     hidden = overrides.setdefault("hidden_dim", sam_cfg.prompt_embed_dim)
     if hidden != sam_cfg.prompt_embed_dim:
         raise ValueError(

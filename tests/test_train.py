@@ -1,0 +1,93 @@
+"""The trainer: exact resumption across processes, 1 vs 8 devices, logs, non-finite loss."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvrp import train
+from jaxvrp.learners import vrp
+
+RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
+
+
+def _run(tmp_path, name, devices, *overrides):
+    out = tmp_path / f"{name}.npz"
+    data = tmp_path / "tfds"  # shared: the procedural build happens once
+    cmd = [
+        sys.executable,
+        RUNNER,
+        str(tmp_path / name),
+        str(out),
+        str(devices),
+        f"data.data_dir={data}",
+        *overrides,
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    six = ["epochs=1", "steps_per_epoch=6", "checkpoint_every=3"]
+    straight = _run(tmp, "straight", 1, *six)
+    _run(tmp, "resumed", 1, *six, "stop_after=3")  # the process exits after step 3
+    resumed = _run(tmp, "resumed", 1, *six)  # a new process continues in the same workdir
+    three = ["epochs=1", "steps_per_epoch=3", "batch_size=8"]  # the same global batch
+    one = _run(tmp, "one", 1, *three)
+    eight = _run(tmp, "eight", 8, *three)
+    return tmp, straight, resumed, (one, eight)
+
+
+def test_resume_in_a_new_process_is_bitwise_identical(runs):
+    _, straight, resumed, _ = runs
+    keys = [k for k in straight if k != "losses"]
+    assert keys and set(keys) == {k for k in resumed if k != "losses"}
+    for k in keys:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+    np.testing.assert_array_equal(resumed["losses"], straight["losses"])  # 3 + 3 logged
+
+
+def test_one_and_eight_devices_give_the_same_losses(runs):
+    one, eight = runs[3]
+    assert len(one["losses"]) == len(eight["losses"]) == 3
+    rel = np.abs(eight["losses"] - one["losses"]) / np.abs(one["losses"])
+    assert rel.max() <= 1e-6, rel
+
+
+def test_metrics_log_and_tensorboard(runs):
+    tmp = runs[0]
+    lines = [json.loads(x) for x in open(tmp / "straight" / "metrics.jsonl")]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    for x in lines:
+        assert {"loss", "lr", "grad_norm", "examples_per_s", "bce", "dice"} <= set(x)
+    assert list((tmp / "straight" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypatch):
+    tmp = runs[0]
+    workdir = tmp / "nan"
+    from configs import vrp_sam
+
+    config = vrp_sam.get_config("runlocal")
+    config.data.data_dir = str(tmp / "tfds")
+    config.epochs, config.steps_per_epoch, config.checkpoint_every = 1, 4, 2
+    config.batch_size = 8  # the tests run on 8 simulated devices
+    config.stop_after = 2
+    train.train(config, workdir)
+    real = vrp.loss_fn
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * jnp.nan, parts
+
+    monkeypatch.setattr(vrp, "loss_fn", poisoned)
+    config.stop_after = 0
+    with pytest.raises(train.NonFiniteLoss, match="at step 3.*last good checkpoint is step 2"):
+        train.train(config, workdir)
+    assert train.checkpoint_manager(workdir, config).latest_step() == 2

@@ -1,0 +1,40 @@
+"""Runs `jaxvrp.train.train` in a fresh process for the trainer tests.
+
+    python tests/train_runner.py WORKDIR OUT.npz DEVICES [key=value ...]
+
+Uses configs/vrp_sam.py:runlocal with the overrides, on DEVICES simulated CPU devices, and
+saves the final params (flattened) and the logged losses.
+"""
+
+import json
+import os
+import sys
+
+workdir, out, devices, *overrides = sys.argv[1:]
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+from configs import vrp_sam  # noqa: E402
+from jaxvrp import train  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+config = vrp_sam.get_config("runlocal")
+for item in overrides:
+    key, value = item.split("=", 1)
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+        node = node[p]
+    node[leaf] = type(node[leaf])(value)
+train.train(config, workdir)
+mgr = train.checkpoint_manager(__import__("pathlib").Path(workdir), config)
+state = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+params = traverse_util.flatten_dict(state["state"]["params"], sep="/")
+losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+np.savez(out, losses=np.array(losses), **{k: np.asarray(v) for k, v in params.items()})
