@@ -23,8 +23,11 @@ from jaxvrp import frozen as frozen_lib
 from jaxvrp import trainer
 from jaxvrp.data import datasets
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "learner config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program (so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "learner config file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -149,12 +152,13 @@ def _progress(start: int, end: int, enabled: bool):
 def main(argv) -> None:
     del argv
     try:
-        train(_CONFIG.value, _WORKDIR.value)
+        train(flags.FLAGS.config, flags.FLAGS.workdir)
     except NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(3)
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

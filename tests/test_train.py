@@ -91,3 +91,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypa
     with pytest.raises(train.NonFiniteLoss, match="at step 3.*last good checkpoint is step 2"):
         train.train(config, workdir)
     assert train.checkpoint_manager(workdir, config).latest_step() == 2
+
+
+def test_evaluate_a_trained_checkpoint(runs):
+    from configs import vrp_sam
+    from jaxvrp import evaluate
+    from jaxvrp.data import procedural
+
+    tmp = runs[0]
+    config = vrp_sam.get_config("runlocal")
+    config.data.data_dir = str(tmp / "tfds")
+    config.batch_size = 8  # 8 simulated devices; 8 evaluation episodes in one batch
+    params, step = evaluate.restore_params(config, tmp / "straight" / "checkpoints")
+    assert step == 6
+    result = evaluate.evaluate(config, params)
+    assert result["episodes"] == config.data.num_eval_episodes == 8
+    novel = set(procedural.procedural_classes(config.data.fold)[1])
+    assert set(result["per_class_iou"]) <= novel
+    assert 0 <= result["miou"] <= 1 and 0 <= result["fb_iou"] <= 1
+    evaluate.write_results(tmp / "straight", {"VRP-SAM": result})
+    assert "| VRP-SAM |" in (tmp / "straight" / "eval" / "results.md").read_text()
+    assert json.loads((tmp / "straight" / "eval" / "results.json").read_text())["VRP-SAM"]

@@ -1,0 +1,106 @@
+"""Evaluate a learner: `python -m jaxvrp.evaluate --config ... --workdir DIR [--checkpoint DIR]`.
+
+Runs the fixed evaluation episodes of the config's fold (novel classes; 1000 by default),
+sharded over all devices and hosts, and writes `workdir/eval/results.json` and
+`workdir/eval/results.md` (mIoU, FB-IoU, TPR / TNR / FPR / FNR, per-class IoU). Params come
+from the latest training checkpoint in the workdir, or from `--checkpoint` (a training
+workdir's `checkpoints/` directory).
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxvrp import frozen as frozen_lib
+from jaxvrp import metrics, trainer
+from jaxvrp.data import datasets
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program (so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "learner config file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "where results (and checkpoints) are")
+    flags.DEFINE_string("checkpoint", None, "checkpoints directory (default: workdir)")
+
+
+def restore_params(config, checkpoints: Path):
+    """The learner params of the latest checkpoint under `checkpoints`."""
+    mgr = ocp.CheckpointManager(checkpoints.absolute())
+    step = mgr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {checkpoints}")
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"], step
+
+
+def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dict:
+    """Metrics of `params` on the config's evaluation episodes."""
+    lconfig = trainer.learner_config(config)
+    module = trainer.learner_module(config.learner)
+    _, batch_sharding, replicated = trainer.mesh_and_shardings()
+    if config.batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {config.batch_size} must be a multiple of {jax.device_count()} devices"
+        )
+    frozen = jax.device_put(frozen_lib.load(config, lconfig), replicated)
+    params = jax.device_put(params, replicated)
+    predict = jax.jit(
+        lambda p, f, b, r: module.apply(p, f, b, config=lconfig, rng=r),
+        in_shardings=(replicated, replicated, batch_sharding, replicated),
+        out_shardings=batch_sharding,
+    )
+    meter = metrics.SegmentationMeter()
+    local = config.batch_size // jax.process_count()
+    episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
+    rng = jax.random.key(rng_seed)
+    for batch in episodes:
+        inputs = trainer.global_batch(trainer.model_inputs(batch), batch_sharding)
+        logits = predict(params, frozen, inputs, rng)
+        local_logits = np.concatenate(
+            [np.asarray(s.data) for s in logits.addressable_shards], axis=0
+        )
+        meter.update(
+            local_logits > 0,
+            batch["query_mask"] > 0,
+            batch["class_id"],
+            ignore=batch["query_ignore"],
+            valid=batch["valid"],
+        )
+    result = meter.result()
+    logging.info(
+        "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
+        name,
+        100 * result["miou"],
+        100 * result["fb_iou"],
+        result["episodes"],
+    )
+    return result
+
+
+def write_results(workdir: Path, results: dict[str, dict]) -> None:
+    out = Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out / "results.md").write_text(metrics.markdown_table(results) + "\n")
+
+
+def main(argv) -> None:
+    del argv
+    f = flags.FLAGS
+    config, workdir = f.config, Path(f.workdir)
+    checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
+    params, step = restore_params(config, checkpoints)
+    result = evaluate(config, params, name=f"{config.learner}@{step}")
+    if jax.process_index() == 0:
+        write_results(workdir, {config.learner: result})
+
+
+if __name__ == "__main__":
+    _define_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
