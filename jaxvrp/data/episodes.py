@@ -33,6 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 from PIL import Image
 
 from jaxvrp.data import annotations
@@ -219,5 +220,8 @@ def episode_dataset(
     ds = numbers.map(build).batch(batch_size, drop_remainder=True)
     it = ds.to_iter_dataset()
     if num_workers > 0:
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read absl flags; outside `app.run` use their defaults
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
