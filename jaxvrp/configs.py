@@ -45,7 +45,11 @@ def make(learner: str, arg: str | None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.learner = learner
     c.seed = 321  # code (train.py --seed) and ProSAM paper §5.1
-    c.distributed = False
+    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # Explicit cluster for hosts without a scheduler; empty = auto-detect (SLURM, TPU, ...).
+    c.coordinator_address = ""
+    c.num_processes = 0
+    c.process_id = -1
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = values.get("backbone", "resnet50_deepstem")  # code / paper: ResNet-50

@@ -71,6 +71,16 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
             ignore=batch["query_ignore"],
             valid=batch["valid"],
         )
+    if jax.process_count() > 1:  # every host saw its own episodes: add up the counts
+        from jax.experimental import multihost_utils
+
+        classes = sorted(datasets.plan(config)[1][2])
+        local_counts = np.stack([meter.counts.get(c, np.zeros(4, np.int64)) for c in classes])
+        total = np.asarray(multihost_utils.process_allgather(local_counts)).sum(axis=0)
+        episodes_total = int(np.sum(multihost_utils.process_allgather(np.int64(meter.episodes))))
+        meter = metrics.SegmentationMeter(
+            {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes_total
+        )
     result = meter.result()
     logging.info(
         "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
@@ -93,6 +103,10 @@ def main(argv) -> None:
     del argv
     f = flags.FLAGS
     config, workdir = f.config, Path(f.workdir)
+    if config.distributed:
+        from jaxvrp.train import initialize_distributed
+
+        initialize_distributed(config)
     checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
     params, step = restore_params(config, checkpoints)
     result = evaluate(config, params, name=f"{config.learner}@{step}")

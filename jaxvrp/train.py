@@ -5,6 +5,8 @@ calls `jax.distributed.initialize()`). A run restarted in the same workdir resum
 latest checkpoint (params, optimiser state, step and the data iterator), so it continues
 exactly. Writes `workdir/metrics.jsonl` (one JSON object per logged step) and TensorBoard
 events under `workdir/tensorboard` (process 0 only), and shows a progress bar with ETA.
+`--compile_only` compiles the train step for the current devices and prints its memory
+(no data, no parameters allocated): check a config fits before launching it.
 """
 
 import json
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,6 +31,7 @@ def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (so modules import freely)."""
     config_flags.DEFINE_config_file("config", None, "learner config file", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+    flags.DEFINE_bool("compile_only", False, "compile the train step, report memory, exit")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -45,13 +49,25 @@ def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
     )
 
 
+def initialize_distributed(config) -> None:
+    """`jax.distributed.initialize()`, with the config's explicit cluster when given."""
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs = dict(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    jax.distributed.initialize(**kwargs)
+
+
 def train(config, workdir: str | Path) -> dict:
     """Train to `config.total_steps` (or `config.stop_after` steps of this run); returns the
     last logged metrics."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.distributed:
-        jax.distributed.initialize()
+        initialize_distributed(config)
     lead = jax.process_index() == 0
     lconfig = trainer.learner_config(config)
     module = trainer.learner_module(config.learner)
@@ -141,6 +157,60 @@ def train(config, workdir: str | Path) -> dict:
     return last
 
 
+def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of a global training batch (what `trainer.model_inputs` keeps)."""
+    b, k, s = config.batch_size, config.data.shots, config.data.image_size
+    f32 = np.float32
+    return {
+        "query_image": jax.ShapeDtypeStruct((b, s, s, 3), f32),
+        "support_images": jax.ShapeDtypeStruct((b, k, s, s, 3), f32),
+        "support_annotations": jax.ShapeDtypeStruct((b, k, s, s), f32),
+        "query_mask": jax.ShapeDtypeStruct((b, s, s), f32),
+        "query_ignore": jax.ShapeDtypeStruct((b, s, s), np.bool_),
+    }
+
+
+def compile_only(config) -> dict:
+    """Compile the train step of `config` for the current devices and report its memory,
+    without data, checkpoints or allocating any parameter."""
+    from jaxvrp import backbones
+    from jaxvrp import sam as sam_lib
+
+    lconfig = trainer.learner_config(config)
+    module = trainer.learner_module(config.learner)
+    _, batch_sharding, replicated = trainer.mesh_and_shardings()
+    optimizer = trainer.make_optimizer(config, int(config.total_steps))
+    schedule = trainer.lr_schedule(config, int(config.total_steps))
+    v = getattr(lconfig, "vrp", lconfig)
+    state = jax.eval_shape(
+        lambda r: trainer.init_state(r, lconfig, module, optimizer), jax.random.key(0)
+    )
+    frozen = {"sam": sam_lib.param_shapes(v.sam), "backbone": backbones.param_shapes(v.backbone)}
+    step_fn = trainer.compile_train_step(
+        lconfig, module, optimizer, schedule, batch_sharding, replicated
+    )
+    t = time.perf_counter()
+    compiled = step_fn.lower(state, batch_spec(config), jax.random.key(0), frozen).compile()
+    mem = compiled.memory_analysis()
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    report = {
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "compile_seconds": time.perf_counter() - t,
+        "learner_params": count(state.params),
+        "frozen_params": count(frozen),
+    }
+    for field in (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    ):
+        if mem is not None and hasattr(mem, field):
+            report[field.replace("_in_bytes", "_gib")] = getattr(mem, field) / 2**30
+    return report
+
+
 def _progress(start: int, end: int, enabled: bool):
     from tqdm import tqdm
 
@@ -151,6 +221,11 @@ def _progress(start: int, end: int, enabled: bool):
 
 def main(argv) -> None:
     del argv
+    if flags.FLAGS.compile_only:
+        print(json.dumps(compile_only(flags.FLAGS.config), indent=2))
+        return
+    if not flags.FLAGS.workdir:
+        raise app.UsageError("--workdir is required to train")
     try:
         train(flags.FLAGS.config, flags.FLAGS.workdir)
     except NonFiniteLoss as e:
@@ -160,5 +235,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -112,3 +112,16 @@ def test_evaluate_a_trained_checkpoint(runs):
     evaluate.write_results(tmp / "straight", {"VRP-SAM": result})
     assert "| VRP-SAM |" in (tmp / "straight" / "eval" / "results.md").read_text()
     assert json.loads((tmp / "straight" / "eval" / "results.json").read_text())["VRP-SAM"]
+
+
+def test_compile_only_reports_memory_without_allocating():
+    from configs import vrp_sam
+
+    config = vrp_sam.get_config("runlocal")
+    config.batch_size = 8
+    report = train.compile_only(config)
+    assert report["devices"] == 8
+    assert report["learner_params"] == vrp.num_params(
+        vrp.param_shapes(train.trainer.learner_config(config))
+    )
+    assert report["temp_size_gib"] > 0 and report["argument_size_gib"] > 0
