@@ -81,6 +81,7 @@ def make(learner: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.num_eval_episodes = 1000  # paper §4.4 (HSNet protocol)
     c.data.num_workers = 0
     c.data.procedural_config = "default"
+    c.data.embedding_cache = ""  # directory caching evaluation targets' SAM embeddings
 
     c.batch_size = 8  # paper §4.4: total batch 8 (4 GPUs x 2)
     c.optimizer = ml_collections.ConfigDict()

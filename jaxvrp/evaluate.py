@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import metrics, trainer
 from jaxvrp.data import datasets
+from jaxvrp.learners import vrp
 
 
 def _define_flags() -> None:
@@ -55,10 +56,13 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
         out_shardings=batch_sharding,
     )
     meter = metrics.SegmentationMeter()
+    cache = EmbeddingCache(config, lconfig, replicated) if config.data.embedding_cache else None
     local = config.batch_size // jax.process_count()
     episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
     rng = jax.random.key(rng_seed)
     for batch in episodes:
+        if cache is not None:
+            batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
         inputs = trainer.global_batch(trainer.model_inputs(batch), batch_sharding)
         logits = predict(params, frozen, inputs, rng)
         local_logits = np.concatenate(
@@ -90,6 +94,36 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
         result["episodes"],
     )
     return result
+
+
+class EmbeddingCache:
+    """SAM image embeddings of evaluation targets, one .npy per record, in
+    `config.data.embedding_cache/<dataset>_<split>_<sam variant>_<image size>/`.
+
+    The evaluation episodes are fixed, so their targets' embeddings (the frozen SAM's ~98 %
+    of the compute) can be computed once and reused by every later evaluation of the same
+    data and SAM: checkpoints during training, several learners, baselines.
+    """
+
+    def __init__(self, config, lconfig, replicated) -> None:
+        v = getattr(lconfig, "vrp", lconfig)
+        dataset, split, _ = datasets.plan(config)[1]
+        name = f"{dataset}_{split}_{config.model.sam}_{config.data.image_size}"
+        self.dir = Path(config.data.embedding_cache) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._embed = jax.jit(lambda p, x: vrp.sam_embeddings(p, x, v))
+
+    def lookup(self, batch: dict, sam_params) -> np.ndarray:
+        """(B, h, w, C) embeddings of the batch's targets, computing the missing ones."""
+        paths = [self.dir / f"{int(r)}.npy" for r in batch["query_record"]]
+        missing = [i for i, p in enumerate(paths) if not p.exists()]
+        if missing:
+            new = np.asarray(self._embed(sam_params, batch["query_image"][missing]))
+            for i, emb in zip(missing, new, strict=True):
+                tmp = paths[i].with_suffix(".tmp.npy")
+                np.save(tmp, emb)
+                tmp.replace(paths[i])  # never a half-written entry
+        return np.stack([np.load(p) for p in paths])
 
 
 def write_results(workdir: Path, results: dict[str, dict]) -> None:

@@ -125,3 +125,23 @@ def test_compile_only_reports_memory_without_allocating():
         vrp.param_shapes(train.trainer.learner_config(config))
     )
     assert report["temp_size_gib"] > 0 and report["argument_size_gib"] > 0
+
+
+def test_evaluation_embedding_cache_gives_the_same_results(runs, tmp_path):
+    from configs import vrp_sam
+    from jaxvrp import evaluate
+
+    tmp = runs[0]
+    config = vrp_sam.get_config("runlocal")
+    config.data.data_dir = str(tmp / "tfds")
+    config.batch_size = 8
+    params, _ = evaluate.restore_params(config, tmp / "straight" / "checkpoints")
+    plain = evaluate.evaluate(config, params)
+    config.data.embedding_cache = str(tmp_path / "cache")
+    first = evaluate.evaluate(config, params)
+    files = sorted((tmp_path / "cache").glob("*/*.npy"))
+    assert files and len(files) <= config.data.num_eval_episodes
+    second = evaluate.evaluate(config, params)  # now read from the cache
+    assert sorted((tmp_path / "cache").glob("*/*.npy")) == files
+    for r in (first, second):
+        assert r["per_class_iou"] == pytest.approx(plain["per_class_iou"], abs=1e-6)

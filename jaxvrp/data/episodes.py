@@ -23,7 +23,8 @@ arrays:
   `query_ignore` (B, S, S) bool (label 255),
 - `support_images` (B, K, S, S, 3) float32, `support_masks` (B, K, S, S) float32 (the full
   masks), `support_annotations` (B, K, S, S) float32 (the simulated annotations),
-- `class_id` (B,) int32, `episode` (B,) int64.
+- `class_id` (B,) int32, `episode` (B,) int64, `query_record` (B,) int64 (the target's
+  record index, e.g. to cache its SAM embedding).
 """
 
 import dataclasses
@@ -164,6 +165,7 @@ def make_episode(
         "support_annotations": np.stack(s_anns).astype(np.float32),
         "class_id": np.int32(c),
         "episode": np.int64(number),
+        "query_record": np.int64(query),
     }
 
 

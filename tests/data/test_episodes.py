@@ -151,3 +151,29 @@ def test_bad_requests(source):
         episodes.EpisodeConfig(annotation="polygon")
     with pytest.raises(FileNotFoundError, match="is not built under"):
         episodes.open_source("tiny_few_shot", "validation", data_dir)
+
+
+def test_evaluation_episodes_identical_across_two_builds(tmp_path):
+    """Two independent builds of the procedural benchmark give the same evaluation batches."""
+    from jaxvrp.data import procedural
+    from jaxvrp.data.builders.procedural import ProceduralFss
+
+    _, novel = procedural.procedural_classes(2)
+    cfg = episodes.EpisodeConfig(
+        shots=2, image_size=32, annotation="scribble", seed=4, num_eval_episodes=12
+    )
+    batches = []
+    for name in ("a", "b"):
+        builder = ProceduralFss(
+            config="small", data_dir=str(tmp_path / name), file_format="array_record"
+        )
+        builder.download_and_prepare()
+        src = builder.as_data_source(split="test")
+        ds = episodes.episode_dataset(
+            src, episodes.ClassIndex.build(src), list(novel), config=cfg, train=False, batch_size=4
+        )
+        batches.append(list(ds))
+    assert len(batches[0]) == 3
+    for x, y in zip(*batches, strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
