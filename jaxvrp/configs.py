@@ -58,6 +58,7 @@ def make(learner: str, arg: str | None) -> ml_collections.ConfigDict:
     c.model.num_queries = 50  # paper §4.3, code --num_query
     c.model.pseudo_mask_minmax = False  # code (paper eq. 2 min-max normalises)
     c.model.annotation_downsample = "nearest"  # code; "any" keeps single-pixel points
+    c.model.dropout = 0.5  # code: Dropout2d(p=0.5) after the shared 1x1 conv
     if learner == "prosam":
         c.model.nu = 5.0  # ProSAM paper §5.1
         c.model.num_samples = 10  # ProSAM paper §5.1, K

@@ -24,6 +24,8 @@ from configs import vrp_sam  # noqa: E402
 from jaxvrp import train  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+if "distributed=True" in overrides:  # several processes on this machine: CPU collectives
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
 config = vrp_sam.get_config("runlocal")
 for item in overrides:
     key, value = item.split("=", 1)
@@ -31,7 +33,7 @@ for item in overrides:
     *path, leaf = key.split(".")
     for p in path:
         node = node[p]
-    node[leaf] = type(node[leaf])(value)
+    node[leaf] = value == "True" if isinstance(node[leaf], bool) else type(node[leaf])(value)
 train.train(config, workdir)
 mgr = train.checkpoint_manager(__import__("pathlib").Path(workdir), config)
 state = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
