@@ -361,3 +361,19 @@ class FewShotBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 f"{_layout_message(self.name, self.LAYOUT)}"
             )
         logging.info("%s: %d records written", label, written)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting numeric stems in numeric order ("2" < "10") before other names."""
+    stem = Path(name).stem
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def image_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Names of the visible files in `folder` with one of `suffixes`, in natural order."""
+    files = [
+        p.name
+        for p in Path(folder).iterdir()
+        if p.suffix.lower() in suffixes and not p.name.startswith(".")
+    ]
+    return sorted(files, key=natural_key)

@@ -42,12 +42,6 @@ LAYOUT = """
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key putting numeric stems in numeric order ("2" < "10") before other names."""
-    stem = Path(name).stem
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
-
-
 def _binary_class_mask(path: Path, class_id: int, threshold: int, size) -> np.ndarray:
     del size
     return common.read_grey_mask(path, threshold).astype(np.uint8) * np.uint8(class_id)
@@ -121,12 +115,7 @@ class Fss1000(common.FewShotBuilder):
         ids = {name: i + 1 for i, name in enumerate(layout["class_names"])}
         for name in layout[split]:
             folder = layout["data"] / name
-            files = [
-                p.name
-                for p in folder.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            ]
-            for file in sorted(files, key=natural_key):
+            for file in common.image_files(folder, IMAGE_SUFFIXES):
                 stem = Path(file).stem
                 yield common.Candidate(
                     image_id=f"{name}/{stem}",

@@ -25,7 +25,6 @@ import numpy as np
 from absl import logging
 
 from jaxvrp.data.builders import common
-from jaxvrp.data.builders.fss import natural_key
 
 LAYOUT = """
 <manual_dir>/Images/<object>/<name>.jpg
@@ -75,12 +74,7 @@ class PerSeg(common.FewShotBuilder):
     def candidates(self, root: Path, split: str, layout: dict):
         for class_id, name in enumerate(layout["class_names"], start=1):
             folder = layout["images"] / name
-            files = [
-                p.name
-                for p in folder.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            ]
-            for file in sorted(files, key=natural_key):
+            for file in common.image_files(folder, IMAGE_SUFFIXES):
                 stem = Path(file).stem
                 mask = layout["annotations"] / name / f"{stem}.png"
                 yield common.Candidate(
