@@ -142,7 +142,3 @@ def model_inputs(batch: dict) -> dict:
         "query_embedding",
     )
     return {k: batch[k] for k in keys if k in batch}
-
-
-def learner_summary(params: Any) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
