@@ -67,6 +67,21 @@ VARIANTS: dict[str, SamConfig] = {
     "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+    # The embedded default SAM (jaxvrp/assets/sam_tiny_128, configs/sam.py): a 128-pixel
+    # input, 8-pixel patches (16x16 tokens, 64x64 low-res masks), 733k parameters.
+    "tiny_128": SamConfig(
+        96,
+        4,
+        3,
+        (1, 3),
+        image_size=128,
+        patch_size=8,
+        window_size=8,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+    ),
     # Official geometry (1024 input, 64x64 tokens, windows padded 64 -> 70), tiny widths.
     "test_tiny": SamConfig(32, 2, 2, (1,), decoder_mlp_dim=256),
     # A 256-pixel input: 16x16 tokens, window 7 (padded 16 -> 21), 64x64 low-res masks.
