@@ -10,6 +10,7 @@ from absl import logging
 
 from jaxvrp import backbones
 from jaxvrp import sam as sam_lib
+from jaxvrp.backbones.sam_vit import SamViTConfig
 
 
 def load(config, lconfig) -> dict:
@@ -27,7 +28,14 @@ def load(config, lconfig) -> dict:
     else:
         logging.warning("config.frozen.sam_checkpoint is empty: using a RANDOM SAM")
         sam_params = sam_lib.init(k_sam, v.sam)
-    if f.backbone_checkpoint:
+    if isinstance(v.backbone, SamViTConfig):  # SAM's own encoder: the SAM's weights
+        if f.backbone_checkpoint:
+            raise ValueError(
+                f"backbone {config.model.backbone!r} is the SAM's own encoder: leave "
+                "config.frozen.backbone_checkpoint empty"
+            )
+        bb_params = sam_backbone_params(sam_params, v)
+    elif f.backbone_checkpoint:
         bb_params, bb_config = backbones.load(f.backbone_checkpoint)
         if bb_config != v.backbone:
             raise ValueError(
@@ -38,3 +46,16 @@ def load(config, lconfig) -> dict:
         logging.warning("config.frozen.backbone_checkpoint is empty: using a RANDOM backbone")
         bb_params = backbones.init(k_bb, v.backbone)
     return {"sam": sam_params, "backbone": bb_params}
+
+
+def sam_backbone_params(sam_params: dict, v) -> dict:
+    """The backbone params of a "sam_<variant>" backbone: the SAM's image encoder, which
+    must be that variant."""
+    if v.backbone.sam_config.to_dict() | {"dtype": "float32"} != v.sam.to_dict() | {
+        "dtype": "float32"
+    }:
+        raise ValueError(
+            f"backbone sam_{v.backbone.sam} is a SAM encoder, but the learner's SAM is a "
+            "different architecture; use the backbone of the SAM the learner prompts"
+        )
+    return sam_params["image_encoder"]

@@ -1,8 +1,9 @@
-"""Frozen semantic backbones (ResNet, VGG-16-BN, DINOv2) returning named NHWC features.
+"""Frozen semantic backbones (ResNet, VGG-16-BN, DINOv2, SAM's encoder) as NHWC features.
 
 Architectures (`ARCHS`): resnet50, resnet101 (torchvision), resnet50_deepstem,
 resnet101_deepstem (VRP-SAM / PSPNet), vgg16_bn, dinov2_vit{s,b,l}14 (and `_reg` with
-registers), plus small `*_test*` variants for tests.
+registers), sam_<SAM variant> (the frozen SAM's own image encoder, `sam_vit.py`; its params
+are the SAM checkpoint's), plus small `*_test*` variants for tests.
 
     config = get_config("resnet50_deepstem")
     params = init(jax.random.key(0), config)       # or load(dir) after conversion
@@ -24,14 +25,16 @@ import jax
 from jaxvrp import params_io
 from jaxvrp.backbones.dinov2 import DINOV2_VARIANTS, Dinov2, Dinov2Config
 from jaxvrp.backbones.resnet import RESNET_ARCHS, ResNet, ResNetConfig
+from jaxvrp.backbones.sam_vit import SAM_VIT_ARCHS, SamViT, SamViTConfig
 from jaxvrp.backbones.vgg import VGG, VGG_ARCHS, VGGConfig
 
 KIND = "backbone"
-ARCHS: dict[str, Any] = {**RESNET_ARCHS, **VGG_ARCHS, **DINOV2_VARIANTS}
+ARCHS: dict[str, Any] = {**RESNET_ARCHS, **VGG_ARCHS, **DINOV2_VARIANTS, **SAM_VIT_ARCHS}
 _MODULES: dict[type, type[nn.Module]] = {
     ResNetConfig: ResNet,
     VGGConfig: VGG,
     Dinov2Config: Dinov2,
+    SamViTConfig: SamViT,
 }
 
 
@@ -51,6 +54,8 @@ def init(rng: jax.Array, config) -> dict:
     """Fresh parameters (float32) for `config` (real weights come from `conversion.backbone`)."""
     # Any input creates every parameter; a ViT's tables take their shapes from the config.
     size = config.patch_size if isinstance(config, Dinov2Config) else 32
+    if isinstance(config, SamViTConfig):  # position tables fixed to SAM's input size
+        size = config.image_size
     return build(config).init(rng, jax.numpy.zeros((1, size, size, 3)))["params"]
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxvrp import backbones, params_io
 from jaxvrp.backbones.dinov2 import Dinov2Config
+from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.image import resize_bilinear, resize_nearest
 from jaxvrp.learners.attention import (
     CrossAttentionLayer,
@@ -217,8 +218,13 @@ def _mid_level(feats: dict[str, jax.Array]) -> jax.Array:
 
 def backbone_input(images: jax.Array, config: VRPConfig) -> jax.Array:
     """Images as the backbone takes them: a ViT needs sides that are multiples of its patch
-    size, so DINOv2 gets a bilinear resize to the nearest multiples (512 -> 518 = 37 x 14)."""
+    size, so DINOv2 gets a bilinear resize to the nearest multiples (512 -> 518 = 37 x 14);
+    SAM's encoder takes exactly SAM's input size (bilinear, align_corners=True, as SAM's
+    own input in `sam_embeddings`)."""
     bb = config.backbone
+    if isinstance(bb, SamViTConfig):
+        s = (bb.image_size, bb.image_size)
+        return images if images.shape[1:3] == s else resize_bilinear(images, s, align_corners=True)
     if not isinstance(bb, Dinov2Config):
         return images
     p = bb.patch_size
@@ -245,7 +251,10 @@ def reference_features(
     # a ViT continues from its class/register tokens, which are not masked
     s4 = bb(sf["layer3"] * mask, start="layer4", prefix=sf.get("layer3_prefix"))["layer4"]
     pm = pseudo_mask(s4, qf["layer4"], mask, config.cosine_eps, config.pseudo_mask_minmax)
-    return tuple(jax.lax.stop_gradient(x) for x in (_mid_level(qf), _mid_level(sf), mask, pm))
+    mid_q, mid_s = _mid_level(qf), _mid_level(sf)
+    if pm.shape[1:3] != mid_q.shape[1:3]:  # an undilated layer4 (torchvision ResNet): as PFENet
+        pm = resize_bilinear(pm, mid_q.shape[1:3], align_corners=True)
+    return tuple(jax.lax.stop_gradient(x) for x in (mid_q, mid_s, mask, pm))
 
 
 def shot_features(frozen: Params, batch: dict, config: VRPConfig) -> tuple[jax.Array, ...]:
