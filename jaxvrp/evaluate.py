@@ -8,6 +8,7 @@ workdir's `checkpoints/` directory).
 """
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -39,8 +40,24 @@ def restore_params(config, checkpoints: Path):
     return restored["state"]["params"], step
 
 
-def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dict:
-    """Metrics of `params` on the config's evaluation episodes."""
+def evaluate(
+    config,
+    params,
+    *,
+    name: str = "learner",
+    rng_seed: int = 0,
+    predict=None,
+    frozen=None,
+    progress: bool = False,
+    on_batch=None,
+) -> dict:
+    """Metrics of `params` on the config's evaluation episodes.
+
+    `predict(params, frozen, batch, rng) -> logits (B, H, W)` replaces the learner's
+    `apply` (e.g. a `jaxvrp.baselines` predictor); `frozen` an already loaded frozen tree;
+    `progress` shows a progress bar over the batches; `on_batch(batch, logits)` is called
+    with every host batch and its logits (numpy), e.g. to keep examples.
+    """
     lconfig = trainer.learner_config(config)
     module = trainer.learner_module(config.learner)
     _, batch_sharding, replicated = trainer.mesh_and_shardings()
@@ -48,10 +65,14 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
         raise ValueError(
             f"batch_size {config.batch_size} must be a multiple of {jax.device_count()} devices"
         )
-    frozen = jax.device_put(frozen_lib.load(config, lconfig), replicated)
+    if frozen is None:
+        frozen = frozen_lib.load(config, lconfig)
+    frozen = jax.device_put(frozen, replicated)
     params = jax.device_put(params, replicated)
+    if predict is None:
+        predict = lambda p, f, b, r: module.apply(p, f, b, config=lconfig, rng=r)  # noqa: E731
     predict = jax.jit(
-        lambda p, f, b, r: module.apply(p, f, b, config=lconfig, rng=r),
+        predict,
         in_shardings=(replicated, replicated, batch_sharding, replicated),
         out_shardings=batch_sharding,
     )
@@ -60,6 +81,11 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
     local = config.batch_size // jax.process_count()
     episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
     rng = jax.random.key(rng_seed)
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        n = -(-config.data.num_eval_episodes // config.batch_size)
+        episodes = tqdm(episodes, total=n, desc=f"eval {name}", unit="batch", file=sys.stderr)
     for batch in episodes:
         if cache is not None:
             batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
@@ -68,6 +94,8 @@ def evaluate(config, params, *, name: str = "learner", rng_seed: int = 0) -> dic
         local_logits = np.concatenate(
             [np.asarray(s.data) for s in logits.addressable_shards], axis=0
         )
+        if on_batch is not None:
+            on_batch(batch, local_logits)
         meter.update(
             local_logits > 0,
             batch["query_mask"] > 0,

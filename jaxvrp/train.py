@@ -4,7 +4,9 @@ Runs the same config on one CPU, a GPU box or a multi-host pod (`--config.distri
 calls `jax.distributed.initialize()`). A run restarted in the same workdir resumes from its
 latest checkpoint (params, optimiser state, step and the data iterator), so it continues
 exactly. Writes `workdir/metrics.jsonl` (one JSON object per logged step) and TensorBoard
-events under `workdir/tensorboard` (process 0 only), and shows a progress bar with ETA.
+events under `workdir/tensorboard` (process 0 only), and shows a progress bar with ETA. At
+the end, `workdir/learner` holds the trained learner as a `jaxvrp.learners.checkpoint`
+(what `jaxvrp segment --learner` reads).
 `--compile_only` compiles the train step for the current devices and prints its memory
 (no data, no parameters allocated): check a config fits before launching it.
 """
@@ -154,7 +156,25 @@ def train(config, workdir: str | Path) -> dict:
         if lead:
             log.close()
             tb.close()
+    if end == total and lead:
+        export_learner(workdir / "learner", config, jax.device_get(state.params), frozen)
     return last
+
+
+def export_learner(directory: Path, config, params, frozen) -> Path:
+    """The trained learner as a `jaxvrp.learners.checkpoint` (for `jaxvrp segment`)."""
+    from jaxvrp.learners import checkpoint
+
+    return checkpoint.save(
+        directory,
+        learner=config.learner,
+        model=config.model.to_dict(),
+        params=params,
+        image_size=config.data.image_size,
+        backbone_params=jax.device_get(frozen["backbone"]),
+        extra={"training": {"steps": int(config.total_steps), "dataset": config.data.dataset}},
+        overwrite=True,
+    )
 
 
 def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
