@@ -1,0 +1,569 @@
+"""`jaxvrp segment`: segment target images like one or a few annotated reference images.
+
+    jaxvrp segment --learner DIR [--sam DIR] \\
+        --reference IMG (--reference-mask PNG | --points "x,y;x,y" | --box x0,y0,x1,y1 |
+                         --scribble PNG) \\
+        [--reference IMG (...) ...] --targets DIR_OR_GLOB --out DIR
+
+Every `--reference` is one shot (K references: a K-shot prompt) and must be followed by
+exactly one annotation option, which belongs to it. `--learner` is a learner checkpoint
+(`jaxvrp.learners.checkpoint`, written by `jaxvrp.train`), `--sam` the SAM checkpoint it
+prompts (`jaxvrp.sam.load`; by default the embedded SAM, `jaxvrp.assets.default_sam_dir()`),
+which must have the architecture the learner was trained with. For every target image
+`<stem>.<ext>`, `--out` receives `<stem>_mask.png` (mode "L", 0 / 255, the target's size) and
+`<stem>_overlay.png` (the target with the mask tinted red at 50 % and its boundary outlined
+in opaque red, 1 px).
+
+    from jaxvrp.segment import Shot, segment
+    segment("learner/", "sam/", [Shot("ref.png", "mask", "ref_mask.png")], "photos/", "out/")
+
+Choices:
+
+- Images are read with Pillow as stored (EXIF orientation is not applied, so masks line up
+  with the stored pixels), converted to RGB, resized to the learner's `image_size` square
+  (bilinear, aspect not kept) and ImageNet-normalised: exactly the training episodes'
+  preprocessing (`jaxvrp.data.episodes.load_example`).
+- Annotations are binary (S, S) maps in the representation the learners were trained on
+  (`jaxvrp.data.annotations`): points are single pixels, a box is a filled rectangle, a
+  scribble its stroke pixels, a mask itself. They are validated against the reference
+  image's original size, then brought to S x S:
+  - `--points x,y;...`: integer pixel coordinates (x = column in 0..W-1, y = row in 0..H-1);
+    each point sets the one S x S pixel that contains the original pixel's centre,
+    `floor((x + 0.5) * S / W)`, so no point is lost, however much the image shrinks.
+  - `--box x0,y0,x1,y1`: integer pixel edges, x1 and y1 exclusive (columns x0..x1-1), with
+    0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H; the edges are scaled and rounded, and the
+    box keeps at least one pixel.
+  - `--reference-mask` / `--scribble`: a PNG (any format Pillow reads) of exactly the
+    reference image's size, converted to grayscale, nonzero = foreground; brought to S x S
+    by "any" pooling (an S x S pixel is set when any original pixel of its adaptive-pooling
+    window is), so thin strokes and small masks survive downsampling.
+  An annotation with no foreground pixel is an error.
+- `--targets`: a directory (its image files, not recursive, hidden files skipped; suffixes
+  .png .jpg .jpeg .bmp .webp .tif .tiff in any case) or a glob pattern (`**` recurses), both
+  sorted by path. Two targets whose stems are equal ignoring case are an error, since their
+  outputs would collide (also on case-insensitive file systems).
+- Prediction: the learner's `apply` (no dropout, `rng = jax.random.key(0)`, so sampling
+  inference modes of ProSAM are deterministic) on one target at a time, logits (S, S)
+  upsampled to the target's size (bilinear, align_corners=False); mask = logit > 0.
+- Nothing half-written: every argument, both checkpoints, every reference, annotation and
+  target image is read and checked before `--out` is created or any file written; each
+  output goes to a hidden temporary name in `--out` and is renamed into place. Existing
+  outputs of the same names are replaced.
+- Errors are `SegmentError`s; `main` prints `jaxvrp segment: error: ...` and returns 2, as
+  for usage errors.
+"""
+
+import argparse
+import dataclasses
+import functools
+import glob
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from jaxvrp import assets, params_io
+from jaxvrp import frozen as frozen_lib
+from jaxvrp import sam as sam_lib
+from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, resize_bilinear
+from jaxvrp.learners import checkpoint
+
+PROG = "jaxvrp segment"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# annotation kind (`jaxvrp.data.annotations.ANNOTATION_TYPES`) -> its command-line option
+OPTIONS = {
+    "mask": "--reference-mask",
+    "point": "--points",
+    "box": "--box",
+    "scribble": "--scribble",
+}
+TINT = np.array([255, 0, 0], np.float32)  # the mask's colour in the overlay, at TINT_ALPHA
+TINT_ALPHA = 0.5
+OUTLINE = np.array([255, 0, 0], np.uint8)  # the mask boundary, opaque
+
+
+class SegmentError(ValueError):
+    """An input of `jaxvrp segment` is missing, unreadable or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shot:
+    """One reference: its image and its annotation.
+
+    kind: "mask" or "scribble" (value: the PNG's path), "point" (value: ((x, y), ...) integer
+    pixel coordinates) or "box" (value: (x0, y0, x1, y1), x1 and y1 exclusive).
+    """
+
+    image: str | os.PathLike
+    kind: str
+    value: Any
+
+
+# ---------------------------------------------------------------------------------------
+# Images and annotations (host side, numpy)
+
+
+def read_rgb(path: str | os.PathLike, option: str) -> np.ndarray:
+    """The image at `path` as (H, W, 3) uint8; errors name `option` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegmentError(f"{option}: no such file: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # Pillow raises many types for a bad file; all mean the same here
+        raise SegmentError(
+            f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"
+        ) from e
+
+
+def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (S, S, 3) float32 as the training episodes: bilinear resize to a
+    square (aspect not kept), / 255, ImageNet-normalised."""
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    return (rgb.astype(np.float32) / 255.0 - mean) / std
+
+
+def _windows(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive-pooling windows [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), i < n_out
+    (those of `jaxvrp.learners.vrp.downsample_annotation`'s "any"); never empty."""
+    i = np.arange(n_out)
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
+def any_pool(mask: np.ndarray, size: int) -> np.ndarray:
+    """Binary (H, W) -> (S, S) float32: 1 where any pixel of the window is set (exact, by
+    cumulative sums, so a single pixel of a large image survives)."""
+    m = np.asarray(mask, bool)
+    lo, hi = _windows(m.shape[0], size)
+    c = np.zeros((m.shape[0] + 1, m.shape[1]), np.int32)
+    np.cumsum(m, axis=0, dtype=np.int32, out=c[1:])
+    rows = (c[hi] - c[lo]) > 0  # (S, W)
+    lo, hi = _windows(m.shape[1], size)
+    c = np.zeros((size, m.shape[1] + 1), np.int32)
+    np.cumsum(rows, axis=1, dtype=np.int32, out=c[:, 1:])
+    return ((c[:, hi] - c[:, lo]) > 0).astype(np.float32)
+
+
+def _point_index(v: int, n: int, size: int) -> int:
+    """The index in 0..S-1 of the S-grid pixel holding the centre of pixel v of n."""
+    return min(((2 * v + 1) * size) // (2 * n), size - 1)
+
+
+def _edge(v: int, n: int, size: int) -> int:
+    """Pixel edge v of 0..n scaled to 0..S, rounded half up."""
+    return (2 * v * size + n) // (2 * n)
+
+
+def annotation_map(shot: Shot, image_hw: tuple[int, int], size: int) -> np.ndarray:
+    """The shot's annotation, validated at the reference's original (H, W), as a binary
+    float32 (S, S) map (see the module docstring for each kind)."""
+    h, w = image_hw
+    option = OPTIONS.get(shot.kind)
+    if option is None:
+        raise SegmentError(f"unknown annotation kind {shot.kind!r}; known: {sorted(OPTIONS)}")
+    where = f"for --reference {shot.image} ({w}x{h})"
+    ann = np.zeros((size, size), np.float32)
+    if shot.kind == "point":
+        if not shot.value:
+            raise SegmentError(f"{option}: no point given {where}")
+        for x, y in shot.value:
+            if not (0 <= x < w and 0 <= y < h):
+                raise SegmentError(
+                    f"{option}: point {x},{y} is outside the reference image {where}: "
+                    f"x must be in 0..{w - 1} and y in 0..{h - 1}"
+                )
+            ann[_point_index(y, h, size), _point_index(x, w, size)] = 1.0
+        return ann
+    if shot.kind == "box":
+        x0, y0, x1, y1 = shot.value
+        if not (x0 < x1 and y0 < y1):
+            raise SegmentError(f"{option}: box {x0},{y0},{x1},{y1} needs x0 < x1 and y0 < y1")
+        if not (0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h):
+            raise SegmentError(
+                f"{option}: box {x0},{y0},{x1},{y1} is outside the reference image {where}: "
+                f"x0, x1 must be in 0..{w} and y0, y1 in 0..{h} (x1, y1 exclusive)"
+            )
+        r0, c0 = min(_edge(y0, h, size), size - 1), min(_edge(x0, w, size), size - 1)
+        r1 = min(max(_edge(y1, h, size), r0 + 1), size)
+        c1 = min(max(_edge(x1, w, size), c0 + 1), size)
+        ann[r0:r1, c0:c1] = 1.0
+        return ann
+    path = Path(shot.value)
+    if not path.is_file():
+        raise SegmentError(f"{option}: no such file: {path}")
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L")) > 0
+    except Exception as e:
+        raise SegmentError(
+            f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"
+        ) from e
+    if m.shape != (h, w):
+        raise SegmentError(
+            f"{option}: {path} is {m.shape[1]}x{m.shape[0]} but its reference image "
+            f"{shot.image} is {w}x{h} (width x height); they must be the same size"
+        )
+    if not m.any():
+        raise SegmentError(f"{option}: {path} is empty (no nonzero pixel)")
+    return any_pool(m, size)
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 with the binary (H, W) mask tinted and its boundary outlined (1 px:
+    mask pixels with a 4-neighbour outside the mask; the image border is not a boundary)."""
+    out = rgb.astype(np.float32)
+    out[mask] = (1.0 - TINT_ALPHA) * out[mask] + TINT_ALPHA * TINT
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    p = np.pad(mask, 1, mode="edge")
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out[mask & ~interior] = OUTLINE
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+def find_targets(targets: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Target image paths: a directory's image files, a glob pattern's matches (both
+    sorted), or a sequence of paths as given; an empty result or colliding stems raise."""
+    if isinstance(targets, str | os.PathLike):
+        spec = os.fspath(targets)
+        if os.path.isdir(spec):
+            paths = sorted(
+                p
+                for p in Path(spec).iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not paths:
+                raise SegmentError(
+                    f"--targets: directory {spec} holds no image file ({' '.join(IMAGE_SUFFIXES)})"
+                )
+        else:
+            paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not paths:
+                raise SegmentError(f"--targets: no file matches {spec!r}")
+    else:
+        paths = [Path(p) for p in targets]
+        if not paths:
+            raise SegmentError("--targets: no target given")
+    seen: dict[str, Path] = {}
+    for p in paths:
+        other = seen.setdefault(p.stem.casefold(), p)
+        if other != p:
+            raise SegmentError(
+                f"--targets: {other} and {p} have the same name stem; their outputs "
+                f"({p.stem}_mask.png, {p.stem}_overlay.png) would collide"
+            )
+    return paths
+
+
+def load_learner(learner_dir: str | os.PathLike) -> checkpoint.LearnerCheckpoint:
+    if not Path(learner_dir).is_dir():
+        raise SegmentError(f"--learner: no such directory: {learner_dir}")
+    try:
+        return checkpoint.load(learner_dir)
+    except (params_io.CheckpointError, ValueError, KeyError, OSError) as e:
+        raise SegmentError(f"--learner {learner_dir}: not a usable learner checkpoint: {e}") from e
+
+
+def _sam_summary(d: dict) -> str:
+    return (
+        f"encoder {d['encoder_embed_dim']} wide, {d['encoder_depth']} deep, "
+        f"{d['image_size']}-pixel input, prompts {d['prompt_embed_dim']} wide"
+    )
+
+
+def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dict:
+    """{"sam": ..., "backbone": ...} for the learner, from the SAM checkpoint `sam_dir`
+    (None: the embedded SAM), whose architecture must be the learner's SAM."""
+    if sam_dir is None:
+        try:
+            sam_dir = assets.default_sam_dir()
+        except FileNotFoundError as e:
+            raise SegmentError(f"--sam not given and {e}; pass --sam DIR") from e
+        hint = " (the embedded default SAM; pass --sam with the SAM the learner was trained with)"
+    else:
+        hint = ""
+    if not Path(sam_dir).is_dir():
+        raise SegmentError(f"--sam: no such directory: {sam_dir}")
+    try:
+        sam_params, sam_config = sam_lib.load(sam_dir)
+    except (params_io.CheckpointError, ValueError, KeyError, TypeError, OSError) as e:
+        raise SegmentError(f"--sam {sam_dir}: not a usable SAM checkpoint: {e}") from e
+    v = ckpt.vrp_config
+    have = {k: x for k, x in sam_config.to_dict().items() if k != "dtype"}
+    want = {k: x for k, x in v.sam.to_dict().items() if k != "dtype"}
+    if have != want:
+        diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in sorted(have) if have[k] != want[k])
+        name = ckpt.metadata.get("config", {}).get("sam", "?")
+        raise SegmentError(
+            f"--sam {sam_dir}{hint} is a SAM with {_sam_summary(have)}, but the learner "
+            f"{learner_dir} was trained with SAM {name!r}: {_sam_summary(want)} ({diff})"
+        )
+    try:
+        backbone = (
+            ckpt.backbone_params
+            if ckpt.backbone_params is not None
+            else frozen_lib.sam_backbone_params(sam_params, v)
+        )
+    except ValueError as e:
+        raise SegmentError(f"--learner {learner_dir}: {e}") from e
+    return {"sam": sam_params, "backbone": backbone}
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction and output
+
+
+@functools.cache
+def _predictor(module, config):
+    """The learner's jitted `apply` for one config (compiled once per input shape)."""
+
+    def predict(params, frozen, batch):
+        return module.apply(params, frozen, batch, config=config, rng=jax.random.key(0))
+
+    return jax.jit(predict)
+
+
+def _write_png(array: np.ndarray, path: Path) -> None:
+    """Write atomically: a hidden temporary file in the same directory, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SegmentError(f"--out: cannot write {path}: {e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def segment(
+    learner_dir: str | os.PathLike,
+    sam_dir: str | os.PathLike | None,
+    shots: Sequence[Shot],
+    targets: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> list[tuple[Path, Path]]:
+    """Segment every target like the annotated references; (mask, overlay) paths written
+    per target, in target order. Everything is validated before anything is written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SegmentError(f"--out: {out} exists and is not a directory")
+    if not shots:
+        raise SegmentError("no --reference given")
+    for i, shot in enumerate(shots):  # cheap checks first: nothing is loaded yet
+        if shot.kind not in OPTIONS:
+            raise SegmentError(f"shot {i + 1}: unknown annotation kind {shot.kind!r}")
+        if not Path(shot.image).is_file():
+            raise SegmentError(f"--reference: no such file: {shot.image}")
+        if shot.kind in ("mask", "scribble") and not Path(shot.value).is_file():
+            raise SegmentError(f"{OPTIONS[shot.kind]}: no such file: {shot.value}")
+    paths = find_targets(targets)
+
+    ckpt = load_learner(learner_dir)
+    frozen = load_frozen(sam_dir, ckpt, learner_dir)
+    size = ckpt.image_size
+    images, anns = [], []
+    for shot in shots:
+        rgb = read_rgb(shot.image, "--reference")
+        anns.append(annotation_map(shot, rgb.shape[:2], size))
+        images.append(preprocess(rgb, size))
+    for p in paths:  # decode every target now, so that a bad one stops the run before output
+        read_rgb(p, "--targets")
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegmentError(f"--out: cannot create {out}: {e}") from e
+    predict = _predictor(ckpt.module, ckpt.config)
+    params, frozen = jax.device_put((ckpt.params, frozen))
+    support = {
+        "support_images": jax.device_put(np.stack(images)[None]),
+        "support_annotations": jax.device_put(np.stack(anns)[None]),
+    }
+    written = []
+    for p in tqdm(paths, desc="segment", unit="image", file=sys.stderr, disable=not progress):
+        rgb = read_rgb(p, "--targets")
+        batch = {"query_image": preprocess(rgb, size)[None], **support}
+        logits = predict(params, frozen, batch)[0]  # (S, S)
+        logits = resize_bilinear(logits, rgb.shape[:2], channels_last=False)
+        mask = np.asarray(logits) > 0
+        mask_path, overlay_path = out / f"{p.stem}_mask.png", out / f"{p.stem}_overlay.png"
+        _write_png(np.where(mask, 255, 0).astype(np.uint8), mask_path)
+        _write_png(overlay(rgb, mask), overlay_path)
+        written.append((mask_path, overlay_path))
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def _int_list(text: str, n: int | None, what: str) -> list[int]:
+    parts = [s.strip() for s in text.split(",")]
+    try:
+        values = [int(s) for s in parts]
+    except ValueError:
+        values = None
+    if values is None or (n is not None and len(values) != n):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} (integer pixel coordinates)")
+    return values
+
+
+def parse_points(text: str) -> tuple[tuple[int, int], ...]:
+    """ "x,y;x,y;..." -> ((x, y), ...)."""
+    items = [s for s in text.split(";") if s.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no point; write x,y;x,y;...")
+    return tuple(tuple(_int_list(s, 2, "a point x,y")) for s in items)
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """ "x0,y0,x1,y1" -> (x0, y0, x1, y1)."""
+    return tuple(_int_list(text, 4, "a box x0,y0,x1,y1"))
+
+
+class _Reference(argparse.Action):
+    """--reference IMG: starts a shot; the previous one must have its annotation."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        shots = getattr(namespace, self.dest) or []
+        if shots and shots[-1].get("kind") is None:
+            raise argparse.ArgumentError(
+                self, f"--reference {shots[-1]['image']} has no annotation: {_FOLLOW}"
+            )
+        setattr(namespace, self.dest, [*shots, {"image": value}])
+
+
+class _Annotation(argparse.Action):
+    """An annotation option: belongs to the last --reference, which must have none yet."""
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        shots = getattr(namespace, self.dest) or []
+        if not shots:
+            raise argparse.ArgumentError(
+                self, "comes before any --reference: each annotation follows its --reference IMG"
+            )
+        last = shots[-1]
+        if last.get("kind") is not None:
+            raise argparse.ArgumentError(
+                self,
+                f"--reference {last['image']} already has an annotation "
+                f"({OPTIONS[last['kind']]}); give exactly one per --reference",
+            )
+        setattr(namespace, self.dest, [*shots[:-1], {**last, "kind": self.kind, "value": value}])
+
+
+_FOLLOW = "follow it with one of " + ", ".join(OPTIONS.values())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment target images like one or a few annotated reference images, "
+        "with a trained learner and the frozen SAM it prompts.",
+        epilog="Each --reference IMG must be followed by exactly one annotation option, which "
+        "belongs to it; repeat --reference for K shots. Coordinates are integer pixels "
+        "(x = column, y = row) of the reference image. Writes <stem>_mask.png and "
+        "<stem>_overlay.png per target into --out.",
+        allow_abbrev=False,
+    )
+    parser.set_defaults(shots=None)
+    parser.add_argument("--learner", required=True, metavar="DIR", help="learner checkpoint")
+    parser.add_argument(
+        "--sam",
+        metavar="DIR",
+        help="SAM checkpoint the learner prompts (default: the embedded SAM)",
+    )
+    parser.add_argument(
+        "--reference", action=_Reference, dest="shots", metavar="IMG", help="a reference image"
+    )
+    annotation = parser.add_argument_group("annotations (one after each --reference)")
+    annotation.add_argument(
+        "--reference-mask",
+        action=_Annotation,
+        kind="mask",
+        dest="shots",
+        metavar="PNG",
+        help="mask of the reference's size, nonzero = object",
+    )
+    annotation.add_argument(
+        "--points",
+        action=_Annotation,
+        kind="point",
+        dest="shots",
+        type=parse_points,
+        metavar='"x,y;x,y"',
+        help="points on the object",
+    )
+    annotation.add_argument(
+        "--box",
+        action=_Annotation,
+        kind="box",
+        dest="shots",
+        type=parse_box,
+        metavar="x0,y0,x1,y1",
+        help="box around the object (x1, y1 exclusive)",
+    )
+    annotation.add_argument(
+        "--scribble",
+        action=_Annotation,
+        kind="scribble",
+        dest="shots",
+        metavar="PNG",
+        help="strokes on the object, of the reference's size, nonzero = stroke",
+    )
+    parser.add_argument(
+        "--targets",
+        required=True,
+        metavar="DIR_OR_GLOB",
+        help="directory of images, or a glob pattern (quote it)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Shot]]:
+    """Parsed options and the shots; usage errors exit (SystemExit 2), as argparse does."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    shots = args.shots or []
+    if not shots:
+        parser.error(f"give at least one --reference IMG and {_FOLLOW}")
+    if shots[-1].get("kind") is None:
+        parser.error(f"--reference {shots[-1]['image']} has no annotation: {_FOLLOW}")
+    return args, [Shot(s["image"], s["kind"], s["value"]) for s in shots]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`jaxvrp segment` with `argv` (default: sys.argv[1:]); the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, shots = parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        written = segment(args.learner, args.sam, shots, args.targets, args.out)
+    except SegmentError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{PROG}: wrote the masks and overlays of {len(written)} targets to {args.out}")
+    return 0
