@@ -89,18 +89,7 @@ def train(config, workdir: str | Path) -> dict:
     iterator = iter(data)
     state = trainer.init_state(jax.random.key(config.seed), lconfig, module, optimizer)
     mgr = checkpoint_manager(workdir, config)
-    start = 0
-    if mgr.latest_step() is not None:
-        start = mgr.latest_step()
-        restored = mgr.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
-        state = restored["state"]
-        logging.info("resumed from step %d in %s", start, workdir)
+    state, start = restore_latest(mgr, state, iterator, workdir)
     state = jax.device_put(state, replicated)
     frozen = jax.device_put(frozen_lib.load(config, lconfig), replicated)
     step_fn = trainer.compile_train_step(
@@ -109,9 +98,50 @@ def train(config, workdir: str | Path) -> dict:
     rng = jax.random.key(config.seed + 1)
     end = total if not config.stop_after else min(total, start + int(config.stop_after))
 
+    state, last = run_steps(
+        lambda st, b: step_fn(
+            st, trainer.global_batch(trainer.model_inputs(b), batch_sharding), rng, frozen
+        ),
+        state,
+        iterator,
+        mgr,
+        workdir,
+        start=start,
+        end=end,
+        config=config,
+        tensorboard=True,
+    )
+    if end == total and lead:
+        export_learner(workdir / "learner", config, jax.device_get(state.params), frozen)
+    return last
+
+
+def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: Path):
+    """(state, step) of the latest checkpoint, the data iterator restored in place; the
+    given state and step 0 when there is none."""
+    start = mgr.latest_step()
+    if start is None:
+        return state, 0
+    restored = mgr.restore(
+        start,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+        ),
+    )
+    logging.info("resumed from step %d in %s", start, workdir)
+    return restored["state"], start
+
+
+def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, tensorboard):
+    """Steps `start` .. `end` of `state, metrics = step(state, next(iterator))`: checkpoints
+    (state + iterator), `metrics.jsonl` every `config.log_every` steps (process 0; with
+    TensorBoard events if `tensorboard`), a progress bar, a stop on a non-finite loss.
+    Returns (state, last logged metrics)."""
+    lead = jax.process_index() == 0
     log = open(workdir / "metrics.jsonl", "a") if lead else None
     tb = None
-    if lead:
+    if lead and tensorboard:
         from tensorboardX import SummaryWriter
 
         tb = SummaryWriter(str(workdir / "tensorboard"))
@@ -119,17 +149,16 @@ def train(config, workdir: str | Path) -> dict:
     last: dict = {}
     t0, seen = time.perf_counter(), 0
     try:
-        for step in range(start, end):
-            batch = trainer.global_batch(trainer.model_inputs(next(iterator)), batch_sharding)
-            state, metrics = step_fn(state, batch, rng, frozen)
+        for i in range(start, end):
+            state, metrics = step(state, next(iterator))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not math.isfinite(metrics["loss"]):
                 raise NonFiniteLoss(
-                    f"non-finite loss ({metrics['loss']}) at step {step + 1}: stopping. The last "
+                    f"non-finite loss ({metrics['loss']}) at step {i + 1}: stopping. The last "
                     f"good checkpoint is step {mgr.latest_step()} in {workdir / 'checkpoints'}."
                 )
             seen += config.batch_size
-            done = step + 1
+            done = i + 1
             mgr.save(
                 done,
                 args=ocp.args.Composite(
@@ -146,7 +175,7 @@ def train(config, workdir: str | Path) -> dict:
                     log.write(json.dumps(last) + "\n")
                     log.flush()
                     for k, v in last.items():
-                        if k != "step":
+                        if tb is not None and k != "step":
                             tb.add_scalar(k, v, done)
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -155,10 +184,9 @@ def train(config, workdir: str | Path) -> dict:
         mgr.wait_until_finished()
         if lead:
             log.close()
-            tb.close()
-    if end == total and lead:
-        export_learner(workdir / "learner", config, jax.device_get(state.params), frozen)
-    return last
+            if tb is not None:
+                tb.close()
+    return state, last
 
 
 def export_learner(directory: Path, config, params, frozen) -> Path:

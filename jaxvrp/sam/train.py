@@ -10,18 +10,14 @@ the training config and its held-out quality (`jaxvrp.sam.evaluate`) in the meta
 
 import dataclasses
 import json
-import math
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
-import grain
 import jax
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -30,7 +26,13 @@ from jaxvrp.data import sam_examples
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import evaluate as sam_evaluate
 from jaxvrp.sam import model, training
-from jaxvrp.train import NonFiniteLoss, checkpoint_manager, initialize_distributed
+from jaxvrp.train import (
+    NonFiniteLoss,
+    checkpoint_manager,
+    initialize_distributed,
+    restore_latest,
+    run_steps,
+)
 
 
 def _define_flags() -> None:
@@ -114,18 +116,7 @@ def train(config, workdir: str | Path) -> dict:
     )
     iterator = iter(data)
     mgr = checkpoint_manager(workdir, config)
-    start = 0
-    if mgr.latest_step() is not None:
-        start = mgr.latest_step()
-        restored = mgr.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
-        state = restored["state"]
-        logging.info("resumed from step %d in %s", start, workdir)
+    state, start = restore_latest(mgr, state, iterator, workdir)
     state = jax.device_put(state, replicated)
     step_fn = jax.jit(
         partial(_step, sam=sam, tconfig=tconfig, optimizer=optimizer),
@@ -136,46 +127,17 @@ def train(config, workdir: str | Path) -> dict:
     rng = jax.random.key(config.seed + 1)
     total = int(config.total_steps)
     end = total if not config.stop_after else min(total, start + int(config.stop_after))
-    log = open(workdir / "metrics.jsonl", "a") if lead else None
-    from jaxvrp.train import _progress
-
-    progress = _progress(start, end, enabled=lead)
-    last: dict = {}
-    t0, seen = time.perf_counter(), 0
-    try:
-        for step in range(start, end):
-            batch = trainer.global_batch(next(iterator), batch_sharding)
-            state, metrics = step_fn(state, batch, rng)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
-                raise NonFiniteLoss(
-                    f"non-finite loss ({metrics['loss']}) at step {step + 1}: stopping. The last "
-                    f"good checkpoint is step {mgr.latest_step()} in {workdir / 'checkpoints'}."
-                )
-            seen += config.batch_size
-            done = step + 1
-            mgr.save(
-                done,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    data=grain.checkpoint.CheckpointSave(iterator),
-                ),
-                force=done == end,
-            )
-            if done % config.log_every == 0 or done == end:
-                now = time.perf_counter()
-                last = {"step": done, **metrics, "examples_per_s": seen / (now - t0)}
-                t0, seen = now, 0
-                if lead:
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-            progress.update(1)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['box_iou']:.2f}")
-    finally:
-        progress.close()
-        mgr.wait_until_finished()
-        if lead:
-            log.close()
+    state, last = run_steps(
+        lambda st, b: step_fn(st, trainer.global_batch(b, batch_sharding), rng),
+        state,
+        iterator,
+        mgr,
+        workdir,
+        start=start,
+        end=end,
+        config=config,
+        tensorboard=False,
+    )
     if end < total:
         return {"train": last}
     params = jax.device_get(state.params)
