@@ -61,7 +61,7 @@ def _scores(params, images, masks, points, boxes, *, config: SamConfig):
     logits = resize_bilinear(low, size, channels_last=False)
     ious = mask_iou(logits, masks[:, None], jnp.ones_like(masks[:, None]))  # (B, 3)
     chosen = jnp.take_along_axis(ious, jnp.argmax(iou_pred, axis=1)[:, None], axis=1)[:, 0]
-    low_b, _ = model.predict_masks(params, emb, config=config, boxes=boxes)
+    low_b, _ = model.predict_masks(params, emb, config=config, boxes=boxes, multimask_output=False)
     box_iou = mask_iou(resize_bilinear(low_b, size, channels_last=False)[:, 0], masks, 1.0)
     return chosen, ious.max(axis=1), box_iou
 

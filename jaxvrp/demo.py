@@ -1,0 +1,271 @@
+"""The whole system on a CPU in minutes: `python -m jaxvrp.demo --out out/demo`.
+
+Stages (each timed and logged; training shows a progress bar):
+
+1. data: builds the procedural benchmark (`procedural_fss`, "default": 2000 train / 500 test
+   images of 128 px) under `OUT/tfds`.
+2. SAM: the embedded default SAM (`jaxvrp/assets/sam_tiny_128`, trained by
+   `python -m jaxvrp.sam.train --config configs/sam.py`), frozen.
+3. VRP-SAM and ProSAM: trained on fold 0's base classes (15 of the 20 classes), mask
+   references, 1 shot. The semantic backbone is the embedded SAM's own image encoder
+   (arch "sam_tiny_128"): it is the only model on the machine that has seen these images'
+   kind, so it needs no download and no extra training, and it costs no extra parameters.
+4. evaluation on fold 0's 5 novel classes (fixed episodes of the test split), next to
+   GP-SAM (points / box / both sampled from the pseudo-mask, VRP-SAM paper §5.3) and SAM
+   with the oracle box (the upper bound: perfect localisation).
+5. `OUT/results.md` / `results.json` (the table, also printed) and `OUT/examples.png`: per
+   row a reference (annotation tinted), the target with its ground truth, and each
+   method's prediction (green: correct, red: false positive, blue: missed).
+
+The trained learners are exported to `OUT/vrp_sam/learner` and `OUT/prosam/learner`; with
+the embedded SAM they run on one's own images with `jaxvrp segment`. The settings below
+(`demo_config`) are the paper's architectures at a CPU budget: shorter training with a
+higher learning rate, K = 4 ProSAM samples instead of 10. `--runlocal` runs every stage at
+a tiny size (the tests). A rerun with the same OUT resumes finished training.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from jaxvrp import assets, baselines, configs, evaluate, metrics, trainer
+from jaxvrp import frozen as frozen_lib
+from jaxvrp import train as train_lib
+from jaxvrp.data import datasets
+
+LEARNERS = ("vrp_sam", "prosam")
+NAMES = {"vrp_sam": "VRP-SAM", "prosam": "ProSAM"}
+
+
+def demo_config(learner: str, out: Path, sam_dir: Path, *, runlocal: bool, steps: int | None):
+    """The ml-collections config of one learner in the demo (see the module docstring)."""
+    c = configs.make(learner, "dataset=procedural,backbone=sam_tiny_128,sam=tiny_128")
+    c.unlock()
+    c.frozen.sam_checkpoint = str(sam_dir)
+    c.data.data_dir = str(out / "tfds")
+    c.data.image_size = 128  # the procedural images' and the embedded SAM's size
+    c.data.procedural_config = "default"
+    c.data.num_eval_episodes = 500
+    c.data.embedding_cache = str(out / "embeddings")
+    c.batch_size = 8
+    c.optimizer.lr = 1e-3
+    c.optimizer.schedule = "cosine"
+    c.steps_per_epoch = 1000
+    c.epochs = 1
+    c.log_every = 50
+    c.checkpoint_every = 250
+    if learner == "prosam":
+        c.model.num_samples = 4
+    if runlocal:
+        c.data.procedural_config = "small"
+        c.data.image_size = 64
+        c.data.num_eval_episodes = 8
+        c.model.num_queries = 8
+        c.batch_size = 2
+        c.steps_per_epoch = 3
+        c.log_every = 1
+        c.checkpoint_every = 3
+        if learner == "prosam":
+            c.model.num_samples = 2
+    if steps is not None:
+        c.steps_per_epoch = steps
+    c.lock()
+    return c
+
+
+class Stage:
+    """Logs a stage's start and its duration since the demo began."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """uint8 (H, W, 3) on a dimmed grey copy of the image: green = predicted and true, red =
+    predicted only, blue = missed; without `truth`, the mask in yellow."""
+    grey = image.astype(np.float32).mean(axis=-1, keepdims=True)
+    out = np.repeat(0.35 * grey + 40.0, 3, axis=-1)
+    pred = pred.astype(bool)
+    if truth is None:
+        layers = [(pred, (255, 210, 0))]
+    else:
+        truth = truth.astype(bool)
+        layers = [
+            (pred & truth, (40, 210, 40)),
+            (pred & ~truth, (235, 30, 30)),
+            (~pred & truth, (40, 110, 255)),
+        ]
+    for where, colour in layers:
+        out[where] = 0.3 * out[where] + 0.7 * np.array(colour, np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image in colour with the mask's boundary (2 px inside it) in yellow."""
+    m = mask.astype(bool)
+    inner = m.copy()
+    for _ in range(2):
+        p = np.pad(inner, 1)
+        inner &= p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out = image.copy()
+    out[m & ~inner] = (255, 230, 0)
+    return out
+
+
+def _header(names: list[str], tile: int, pad: int) -> np.ndarray:
+    """A white strip with each column's name (PIL's default font, wrapped to the tile)."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (len(names) * (tile + 2 * pad), 26), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, name in enumerate(names):
+        words, lines = name.split(), [""]
+        for w in words:
+            if len(lines[-1]) + len(w) + 1 > tile // 6:
+                lines.append("")
+            lines[-1] = f"{lines[-1]} {w}".strip()
+        draw.text((i * (tile + 2 * pad) + 4, 1), "\n".join(lines[:2]), fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def to_uint8(normalised: np.ndarray) -> np.ndarray:
+    from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD
+
+    x = normalised * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def example_grid(batch: dict, predictions: dict[str, np.ndarray], num_rows: int) -> np.ndarray:
+    """A header, then rows of reference | target | each method's prediction, from one
+    evaluation batch."""
+    tile = batch["query_image"].shape[1]
+    names = ["reference", "target, truth", *predictions]
+    rows = [_header(names, tile, 2)]
+    for i in range(min(num_rows, len(batch["query_image"]))):
+        ref = to_uint8(batch["support_images"][i, 0])
+        target = to_uint8(batch["query_image"][i])
+        truth = batch["query_mask"][i] > 0
+        tiles = [outline(ref, batch["support_annotations"][i, 0] > 0), outline(target, truth)]
+        tiles += [overlay(target, p[i] > 0, truth) for p in predictions.values()]
+        pad = ((2, 2), (2, 2), (0, 0))
+        rows.append(np.concatenate([np.pad(t, pad, constant_values=255) for t in tiles], 1))
+    return np.concatenate(rows, axis=0)
+
+
+class FirstBatch:
+    """`on_batch` callback of `evaluate` keeping the first batch and its logits."""
+
+    def __init__(self) -> None:
+        self.batch, self.logits = None, None
+
+    def __call__(self, batch, logits) -> None:
+        if self.batch is None:
+            self.batch, self.logits = batch, logits
+
+
+def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=None) -> dict:
+    """Every stage of the demo; returns {method: metrics}."""
+    t0 = time.perf_counter()
+    stage = Stage(t0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sam_dir = Path(sam_dir) if sam_dir else assets.default_sam_dir()
+    cfgs = {k: demo_config(k, out, sam_dir, runlocal=runlocal, steps=steps) for k in LEARNERS}
+    base = cfgs["vrp_sam"]
+
+    stage("1/5 data: the procedural benchmark (built on first use)")
+    for which in (0, 1):
+        dataset, split, classes = datasets.plan(base)[which]
+        datasets.source(base, dataset, split)
+    _, _, novel = datasets.plan(base)[1]
+    _, _, known = datasets.plan(base)[0]
+    stage(f"    fold 0: train on base classes {known}, evaluate on novel classes {novel}")
+
+    stage(f"2/5 SAM: {sam_dir}")
+    meta = json.loads((sam_dir / "metadata.json").read_text())
+    quality = meta.get("training", {}).get("quality")
+    if quality:
+        stage(
+            f"    held-out mIoU with an oracle point {100 * quality['point_miou']:.1f}, "
+            f"with an oracle box {100 * quality['box_miou']:.1f}"
+        )
+
+    trained = {}
+    for learner in LEARNERS:
+        c = cfgs[learner]
+        stage(f"3/5 train {NAMES[learner]} ({c.total_steps} steps of {c.batch_size} episodes)")
+        workdir = out / learner
+        if (workdir / "learner" / "metadata.json").is_file():
+            stage(f"    already trained in {workdir}; reusing it")
+        else:
+            train_lib.train(c, workdir)
+        params, _ = evaluate.restore_params(c, workdir / "checkpoints")
+        trained[learner] = params
+
+    stage("4/5 evaluate on the novel classes")
+    lconfig = trainer.learner_config(base)
+    frozen = frozen_lib.load(base, lconfig)
+    results, examples = {}, {}
+    for learner in LEARNERS:
+        keep = examples[NAMES[learner]] = FirstBatch()
+        results[NAMES[learner]] = evaluate.evaluate(
+            cfgs[learner],
+            trained[learner],
+            name=NAMES[learner],
+            frozen=frozen,
+            progress=True,
+            on_batch=keep,
+        )
+    for name, fn in baselines.predictors(lconfig).items():
+        keep = examples[name] = FirstBatch()
+        results[name] = evaluate.evaluate(
+            base, None, name=name, predict=fn, frozen=frozen, progress=True, on_batch=keep
+        )
+
+    stage("5/5 results")
+    table = metrics.markdown_table(results)
+    header = (
+        f"Procedural benchmark, fold 0, {base.data.shots}-shot, {base.data.annotation} "
+        f"references, {base.data.num_eval_episodes} episodes on the novel classes "
+        f"{novel}; SAM: {sam_dir.name}; backbone: {base.model.backbone}."
+    )
+    (out / "results.md").write_text(header + "\n\n" + table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    first = next(iter(examples.values())).batch  # the same episodes for every method
+    grid = example_grid(first, {k: v.logits for k, v in examples.items()}, num_rows=8)
+    Image.fromarray(grid).save(out / "examples.png")
+    print(header + "\n\n" + table)
+    columns = ["reference", "target + truth", *examples]
+    print(f"\nexamples: {out / 'examples.png'} (columns: {', '.join(columns)})")
+    print(
+        "segment your own images: jaxvrp segment --learner "
+        f"{out / 'vrp_sam' / 'learner'} --reference REF.png --reference-mask MASK.png "
+        f"--targets DIR --out {out / 'segment'}"
+    )
+    stage("done")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxvrp.demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    parser.add_argument("--runlocal", action="store_true", help="tiny sizes (tests)")
+    parser.add_argument("--steps", type=int, help="training steps per learner")
+    parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: the embedded one)")
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.WARNING)
+    run(args.out, runlocal=args.runlocal, steps=args.steps, sam_dir=args.sam)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
