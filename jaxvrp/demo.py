@@ -244,7 +244,7 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
     grid = example_grid(first, {k: v.logits for k, v in examples.items()}, num_rows=8)
     Image.fromarray(grid).save(out / "examples.png")
     print(header + "\n\n" + table)
-    columns = ["reference", "target + truth", *examples]
+    columns = ["reference", "target, truth", *examples]
     print(f"\nexamples: {out / 'examples.png'} (columns: {', '.join(columns)})")
     print(
         "segment your own images: jaxvrp segment --learner "
