@@ -3,8 +3,9 @@
 This is the format of converted weights (SAM, backbones, learners). Training checkpoints
 (params + optimizer + data iterator) are a different thing, kept by the trainer.
 
-Writes are all-or-nothing: everything goes to a temporary sibling directory that is renamed
-into place only when complete, so an interrupted or failed write leaves no `DIR`.
+Writes are process-local (in a multi-host run, one process writes) and all-or-nothing:
+everything goes to a temporary sibling directory that is renamed into place only when
+complete, so an interrupted or failed write leaves no `DIR`.
 """
 
 import json
@@ -42,7 +43,7 @@ def save_params(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         params = jax.tree.map(np.asarray, params)
-        ocp.PyTreeCheckpointer().save(tmp / PARAMS_DIR, params)
+        _local_checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         meta = {"format_version": FORMAT_VERSION, **metadata}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
@@ -52,6 +53,17 @@ def save_params(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _local_checkpointer() -> ocp.Checkpointer:
+    """An orbax checkpointer of this process alone: in a multi-host run one process (the
+    trainers' process 0) writes params checkpoints, with no barrier with the others."""
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+        multiprocessing_options=options,
+    )
 
 
 def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:

@@ -32,10 +32,11 @@ def test_default_learner_has_the_official_parameter_count():
     assert shapes["downsample_query_0"]["kernel"].shape == (1, 1, 768, 256)
 
 
-@pytest.mark.parametrize("backbone", ["vgg_test", "dinov2_test"])
+@pytest.mark.parametrize("backbone", ["vgg_test", "dinov2_test", "resnet_test"])
 def test_other_backbones(backbone):
-    """VGG (layer2 resized to layer3) and DINOv2 (64 -> 70 = 5 x 14 input, layer4 continued
-    from the class token) run end to end."""
+    """VGG (layer2 resized to layer3), DINOv2 (64 -> 70 = 5 x 14 input, layer4 continued
+    from the class token) and an undilated torchvision ResNet (pseudo-mask at layer4's
+    coarser grid, resized to layer3's) run end to end."""
     config = vrp.make_config(backbone, SAM)
     params = vrp.init(jax.random.key(0), config)
     frozen = {
