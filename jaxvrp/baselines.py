@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxvrp.image import resize_bilinear
 from jaxvrp.learners import vrp
+from jaxvrp.masks import tight_boxes
 from jaxvrp.sam import model as sam_model
 
 GP_MODES = ("points", "box", "points+box")
@@ -50,13 +51,7 @@ def gp_sam_prompts(pm: jax.Array, rng: jax.Array, *, num_points: int, threshold:
     cells = jnp.argmax(noise + 2.0 * flat[None], axis=2).T  # (B, P)
     sx, sy = scale / w, scale / h
     points = jnp.stack([(cells % w + 0.5) * sx, (cells // w + 0.5) * sy], axis=-1)
-    rows, cols = region.any(axis=2), region.any(axis=1)
-    xs, ys = jnp.arange(w, dtype=jnp.float32), jnp.arange(h, dtype=jnp.float32)
-    x0 = jnp.where(cols, xs, jnp.inf).min(axis=1) * sx
-    x1 = (jnp.where(cols, xs, -jnp.inf).max(axis=1) + 1) * sx
-    y0 = jnp.where(rows, ys, jnp.inf).min(axis=1) * sy
-    y1 = (jnp.where(rows, ys, -jnp.inf).max(axis=1) + 1) * sy
-    return points, jnp.stack([x0, y0, x1, y1], axis=1)
+    return points, tight_boxes(region)[0] * jnp.array([sx, sy, sx, sy])
 
 
 def _sam_logits(sam_params, batch, config: vrp.VRPConfig, **prompts) -> jax.Array:
@@ -101,20 +96,9 @@ def oracle_box(params, frozen, batch, rng, *, config: vrp.VRPConfig) -> jax.Arra
     """SAM with the tight box of the target's ground truth: logits (B, H, W)."""
     del params, rng
     mask = batch["query_mask"] > 0
-    b, h, w = mask.shape
+    _, h, w = mask.shape
     s = config.sam.image_size
-    rows, cols = mask.any(axis=2), mask.any(axis=1)
-    xs, ys = jnp.arange(w, dtype=jnp.float32), jnp.arange(h, dtype=jnp.float32)
-    box = jnp.stack(
-        [
-            jnp.where(cols, xs, jnp.inf).min(axis=1) * s / w,
-            jnp.where(rows, ys, jnp.inf).min(axis=1) * s / h,
-            (jnp.where(cols, xs, -jnp.inf).max(axis=1) + 1) * s / w,
-            (jnp.where(rows, ys, -jnp.inf).max(axis=1) + 1) * s / h,
-        ],
-        axis=1,
-    )
-    box = jnp.where(jnp.isfinite(box), box, 0.0)  # an empty mask: the zero box
+    box = tight_boxes(mask)[0] * s / jnp.array([w, h, w, h], jnp.float32)  # empty: zero box
     return _sam_logits(frozen["sam"], batch, config, boxes=box)
 
 

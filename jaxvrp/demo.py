@@ -38,6 +38,7 @@ from jaxvrp import assets, baselines, configs, evaluate, metrics, trainer
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import train as train_lib
 from jaxvrp.data import datasets
+from jaxvrp.masks import erode
 
 LEARNERS = ("vrp_sam", "prosam")
 NAMES = {"vrp_sam": "VRP-SAM", "prosam": "ProSAM"}
@@ -112,10 +113,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np
 def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image in colour with the mask's boundary (2 px inside it) in yellow."""
     m = mask.astype(bool)
-    inner = m.copy()
-    for _ in range(2):
-        p = np.pad(inner, 1)
-        inner &= p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    inner = erode(erode(m))
     out = image.copy()
     out[m & ~inner] = (255, 230, 0)
     return out

@@ -73,6 +73,7 @@ from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
 from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, resize_bilinear
 from jaxvrp.learners import checkpoint
+from jaxvrp.masks import erode
 
 PROG = "jaxvrp segment"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -223,9 +224,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = rgb.astype(np.float32)
     out[mask] = (1.0 - TINT_ALPHA) * out[mask] + TINT_ALPHA * TINT
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    p = np.pad(mask, 1, mode="edge")
-    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    out[mask & ~interior] = OUTLINE
+    out[mask & ~erode(mask, outside=True)] = OUTLINE
     return out
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from jaxvrp.data import procedural
 from jaxvrp.data.annotations import tight_box
 from jaxvrp.image import resize_bilinear
+from jaxvrp.masks import erode
 from jaxvrp.sam import model
 from jaxvrp.sam.config import SamConfig
 from jaxvrp.sam.training import mask_iou
@@ -39,8 +40,7 @@ def centre_point(mask: np.ndarray) -> np.ndarray:
     cur = m.copy()
     while cur.any():
         depth += cur
-        p = np.pad(cur, 1)
-        cur = cur & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+        cur = erode(cur)
     y, x = np.unravel_index(np.argmax(depth), m.shape)
     return np.array([x, y], np.float32)
 

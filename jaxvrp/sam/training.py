@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxvrp.image import resize_bilinear
+from jaxvrp.masks import tight_boxes
 from jaxvrp.sam import model as sam_model
 from jaxvrp.sam.config import SamConfig
 
@@ -105,16 +106,8 @@ def noisy_boxes(rng: jax.Array, mask: jax.Array, config: TrainConfig) -> jax.Arr
     """Bounding boxes (x0, y0, x1, y1) of binary masks (B, H, W) with the paper's noise,
     clipped to the image; an empty mask gives the whole image. x1, y1 are the last
     foreground column / row plus one, as `jaxvrp.data.annotations.tight_box`."""
-    b, h, w = mask.shape
-    rows, cols = mask.any(axis=2), mask.any(axis=1)
-    ys, xs = jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32)
-    big = jnp.float32(1e9)
-    x0 = jnp.where(cols, xs, big).min(axis=1)
-    x1 = jnp.where(cols, xs, -big).max(axis=1) + 1.0
-    y0 = jnp.where(rows, ys, big).min(axis=1)
-    y1 = jnp.where(rows, ys, -big).max(axis=1) + 1.0
-    empty = ~mask.any(axis=(1, 2))
-    box = jnp.stack([x0, y0, x1, y1], axis=1)
+    _, h, w = mask.shape
+    box, empty = tight_boxes(mask)
     limit = jnp.array([w, h, w, h], jnp.float32)
     box = jnp.where(empty[:, None], limit * jnp.array([0.0, 0.0, 1.0, 1.0]), box)
     side = jnp.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]] * 2, axis=1)
