@@ -20,7 +20,7 @@ def load(config, lconfig) -> dict:
     k_sam, k_bb = jax.random.split(jax.random.key(f.seed))
     if f.sam_checkpoint:
         sam_params, sam_config = sam_lib.load(f.sam_checkpoint)
-        if sam_config.to_dict() | {"dtype": v.sam.dtype} != v.sam.to_dict():
+        if sam_config.architecture() != v.sam.architecture():
             raise ValueError(
                 f"SAM checkpoint {f.sam_checkpoint} does not match config.model.sam "
                 f"({sam_config.encoder_embed_dim} wide, {sam_config.encoder_depth} deep)"
@@ -51,9 +51,7 @@ def load(config, lconfig) -> dict:
 def sam_backbone_params(sam_params: dict, v) -> dict:
     """The backbone params of a "sam_<variant>" backbone: the SAM's image encoder, which
     must be that variant."""
-    if v.backbone.sam_config.to_dict() | {"dtype": "float32"} != v.sam.to_dict() | {
-        "dtype": "float32"
-    }:
+    if v.backbone.sam_config.architecture() != v.sam.architecture():
         raise ValueError(
             f"backbone sam_{v.backbone.sam} is a SAM encoder, but the learner's SAM is a "
             "different architecture; use the backbone of the SAM the learner prompts"

@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -248,3 +249,15 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
     mean_ = jnp.asarray(mean, jnp.float32)
     std_ = jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) - mean_) / std_
+
+
+def normalized_image(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (S, S, 3) as the learners take images (training episodes,
+    `jaxvrp segment`): PIL bilinear resize to a square (aspect not kept), / 255,
+    ImageNet-normalised. Host-side numpy."""
+    image = np.asarray(rgb, np.uint8)
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return (image.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(
+        IMAGENET_STD, np.float32
+    )

@@ -22,7 +22,7 @@ Choices:
 - Images are read with Pillow as stored (EXIF orientation is not applied, so masks line up
   with the stored pixels), converted to RGB, resized to the learner's `image_size` square
   (bilinear, aspect not kept) and ImageNet-normalised: exactly the training episodes'
-  preprocessing (`jaxvrp.data.episodes.load_example`).
+  preprocessing (`jaxvrp.image.normalized_image`).
 - Annotations are binary (S, S) maps in the representation the learners were trained on
   (`jaxvrp.data.annotations`): points are single pixels, a box is a filled rectangle, a
   scribble its stroke pixels, a mask itself. They are validated against the reference
@@ -71,7 +71,7 @@ from tqdm import tqdm
 from jaxvrp import assets, params_io
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
-from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, resize_bilinear
+from jaxvrp.image import normalized_image, resize_bilinear
 from jaxvrp.learners import checkpoint
 from jaxvrp.masks import erode
 
@@ -122,15 +122,6 @@ def read_rgb(path: str | os.PathLike, option: str) -> np.ndarray:
         raise SegmentError(
             f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"
         ) from e
-
-
-def preprocess(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (S, S, 3) float32 as the training episodes: bilinear resize to a
-    square (aspect not kept), / 255, ImageNet-normalised."""
-    if rgb.shape[:2] != (size, size):
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-    return (rgb.astype(np.float32) / 255.0 - mean) / std
 
 
 def _windows(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,8 +291,7 @@ def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dic
     except (params_io.CheckpointError, ValueError, KeyError, TypeError, OSError) as e:
         raise SegmentError(f"--sam {sam_dir}: not a usable SAM checkpoint: {e}") from e
     v = ckpt.vrp_config
-    have = {k: x for k, x in sam_config.to_dict().items() if k != "dtype"}
-    want = {k: x for k, x in v.sam.to_dict().items() if k != "dtype"}
+    have, want = sam_config.architecture(), v.sam.architecture()
     if have != want:
         diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in sorted(have) if have[k] != want[k])
         name = ckpt.metadata.get("config", {}).get("sam", "?")
@@ -380,7 +370,7 @@ def segment(
     for shot in shots:
         rgb = read_rgb(shot.image, "--reference")
         anns.append(annotation_map(shot, rgb.shape[:2], size))
-        images.append(preprocess(rgb, size))
+        images.append(normalized_image(rgb, size))
     for p in paths:  # decode every target now, so that a bad one stops the run before output
         read_rgb(p, "--targets")
 
@@ -397,7 +387,7 @@ def segment(
     written = []
     for p in tqdm(paths, desc="segment", unit="image", file=sys.stderr, disable=not progress):
         rgb = read_rgb(p, "--targets")
-        batch = {"query_image": preprocess(rgb, size)[None], **support}
+        batch = {"query_image": normalized_image(rgb, size)[None], **support}
         logits = predict(params, frozen, batch)[0]  # (S, S)
         logits = resize_bilinear(logits, rgb.shape[:2], channels_last=False)
         mask = np.asarray(logits) > 0

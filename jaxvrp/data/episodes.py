@@ -39,7 +39,7 @@ from PIL import Image
 
 from jaxvrp.data import annotations
 from jaxvrp.data.schema import IGNORE
-from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD
+from jaxvrp.image import normalized_image
 
 _NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
@@ -122,12 +122,9 @@ def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
 def load_example(source: Any, record: int, class_id: int, size: int):
     """(normalised image (S, S, 3), binary mask (S, S), ignore (S, S)) of one record."""
     r = source[record]
-    image = _resize(_decode(r["image"], "RGB").astype(np.uint8), size, Image.BILINEAR)
+    image = normalized_image(_decode(r["image"], "RGB"), size)
     mask = _decode(r["mask"], "L")
     mask = _resize(mask.reshape(mask.shape[:2]).astype(np.uint8), size, Image.NEAREST)
-    image = (image.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(
-        IMAGENET_STD, np.float32
-    )
     return image, (mask == class_id).astype(np.float32), mask == IGNORE
 
 

@@ -54,6 +54,12 @@ class SamConfig:
                 d[k] = list(v)
         return d
 
+    def architecture(self) -> dict[str, Any]:
+        """`to_dict` without the compute dtype: equal for checkpoints that fit one model."""
+        d = self.to_dict()
+        del d["dtype"]
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SamConfig":
         names = {f.name for f in dataclasses.fields(cls)}
