@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrp import backbones, params_io
+from jaxvrp import backbones
 from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.image import resize_bilinear, resize_nearest
@@ -376,14 +376,6 @@ def config_to_dict(config: VRPConfig, *, backbone: str, sam: str) -> dict[str, A
     """JSON-able form of a config made by `make_config(backbone, sam, ...)`."""
     d = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     return {**d, "backbone": backbone, "sam": sam}
-
-
-def load(directory: str) -> tuple[Params, Params, VRPConfig]:
-    """(learner params, backbone params, config) from `conversion.vrp_sam`'s output."""
-    params, metadata = params_io.load_params(directory, expected_kind=CHECKPOINT_KIND)
-    c = dict(metadata["config"])
-    config = make_config(c.pop("backbone"), c.pop("sam"), **c)
-    return params["learner"], params["backbone"], config
 
 
 def num_params(params: Params) -> int:

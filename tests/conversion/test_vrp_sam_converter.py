@@ -9,7 +9,7 @@ from torch import nn
 from conversion import vrp_sam
 from conversion.common import ConversionError
 from jaxvrp import backbones
-from jaxvrp.learners import vrp
+from jaxvrp.learners import checkpoint, vrp
 from jaxvrp.learners.attention import MultiheadAttention
 from tests.backbones import torch_reference as ref
 from tests.conftest import rel_l2
@@ -63,7 +63,8 @@ def test_round_trip(tmp_path):
     sd, bb, mods = official_state_dict()
     code, out = _convert(tmp_path, sd)
     assert code == 0
-    learner, backbone_params, config = vrp.load(out)
+    ckpt = checkpoint.load(out)
+    learner, backbone_params, config = ckpt.params, ckpt.backbone_params, ckpt.config
     assert config.num_queries == 50 and config.hidden_dim == HIDDEN
     assert vrp.num_params(learner) == sum(p.numel() for m in mods.values() for p in m.parameters())
     # each attention layer computes what torch's packed nn.MultiheadAttention computes
