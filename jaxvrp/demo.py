@@ -14,7 +14,7 @@ Stages (each timed and logged; training shows a progress bar):
    GP-SAM (points / box / both sampled from the pseudo-mask, VRP-SAM paper §5.3) and SAM
    with the oracle box (the upper bound: perfect localisation).
 5. `OUT/results.md` / `results.json` (the table, also printed) and `OUT/examples.png`: per
-   row a reference (annotation tinted), the target with its ground truth, and each
+   row a reference (annotation outlined), the target with its ground truth outlined, and each
    method's prediction (green: correct, red: false positive, blue: missed).
 
 The trained learners are exported to `OUT/vrp_sam/learner` and `OUT/prosam/learner`; with
@@ -90,21 +90,17 @@ class Stage:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stderr, flush=True)
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) on a dimmed grey copy of the image: green = predicted and true, red =
-    predicted only, blue = missed; without `truth`, the mask in yellow."""
+    predicted only, blue = missed."""
     grey = image.astype(np.float32).mean(axis=-1, keepdims=True)
     out = np.repeat(0.35 * grey + 40.0, 3, axis=-1)
-    pred = pred.astype(bool)
-    if truth is None:
-        layers = [(pred, (255, 210, 0))]
-    else:
-        truth = truth.astype(bool)
-        layers = [
-            (pred & truth, (40, 210, 40)),
-            (pred & ~truth, (235, 30, 30)),
-            (~pred & truth, (40, 110, 255)),
-        ]
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    layers = [
+        (pred & truth, (40, 210, 40)),
+        (pred & ~truth, (235, 30, 30)),
+        (~pred & truth, (40, 110, 255)),
+    ]
     for where, colour in layers:
         out[where] = 0.3 * out[where] + 0.7 * np.array(colour, np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)

@@ -61,10 +61,7 @@ def evaluate(
     lconfig = trainer.learner_config(config)
     module = trainer.learner_module(config.learner)
     _, batch_sharding, replicated = trainer.mesh_and_shardings()
-    if config.batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} must be a multiple of {jax.device_count()} devices"
-        )
+    trainer.check_batch_size(config.batch_size)
     if frozen is None:
         frozen = frozen_lib.load(config, lconfig)
     frozen = jax.device_put(frozen, replicated)
@@ -84,7 +81,8 @@ def evaluate(
     if progress and jax.process_index() == 0:
         from tqdm import tqdm
 
-        n = -(-config.data.num_eval_episodes // config.batch_size)
+        mine = -(-config.data.num_eval_episodes // jax.process_count())  # host 0's share
+        n = -(-mine // local)
         episodes = tqdm(episodes, total=n, desc=f"eval {name}", unit="batch", file=sys.stderr)
     for batch in episodes:
         if cache is not None:

@@ -74,11 +74,7 @@ def train(config, workdir: str | Path) -> dict:
     lconfig = trainer.learner_config(config)
     module = trainer.learner_module(config.learner)
     _, batch_sharding, replicated = trainer.mesh_and_shardings()
-    if config.batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} must be a multiple of the {jax.device_count()} "
-            "devices it is split over"
-        )
+    trainer.check_batch_size(config.batch_size)
     total = int(config.total_steps)
     optimizer = trainer.make_optimizer(config, total)
     schedule = trainer.lr_schedule(config, total)

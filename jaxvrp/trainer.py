@@ -112,6 +112,15 @@ def mesh_and_shardings() -> tuple[jax.sharding.Mesh, NamedSharding, NamedShardin
     return mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
+def check_batch_size(batch_size: int) -> None:
+    """The global batch is split evenly over every device of the mesh."""
+    if batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {jax.device_count()} "
+            "devices it is split over"
+        )
+
+
 def compile_train_step(lconfig, module, optimizer, schedule, batch_sharding, replicated):
     step = partial(
         train_step, lconfig=lconfig, module=module, optimizer=optimizer, schedule=schedule

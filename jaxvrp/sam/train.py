@@ -96,11 +96,7 @@ def train(config, workdir: str | Path) -> dict:
     if config.distributed:
         initialize_distributed(config)
     lead = jax.process_index() == 0
-    if config.batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} must be a multiple of the {jax.device_count()} "
-            "devices it is split over"
-        )
+    trainer.check_batch_size(config.batch_size)
     tconfig = train_config(config)
     params, sam = initial_params(config)
     optimizer = make_optimizer(config, tconfig, params)
