@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvrp.learners import vrp
+from jaxvrp.learners import registry, vrp
 from jaxvrp.learners.losses import segmentation_loss
+from jaxvrp.learners.protocol import FrozenSpec, Learner
 
 Params = dict[str, Any]
 
@@ -200,3 +201,21 @@ def init(rng: jax.Array, config: ProSAMConfig) -> Params:
     """Fresh ProSAM parameters: VRP-SAM's plus the two heads."""
     feats = vrp.feature_placeholders(config.vrp)
     return ProSAMEncoder(config).init(rng, *feats, train=False, rng=None)["params"]
+
+
+def frozen_spec(config: ProSAMConfig) -> FrozenSpec:
+    return vrp.frozen_spec(config.vrp)
+
+
+LEARNER = registry.register(
+    Learner(
+        name="prosam",
+        title="ProSAM",
+        make_config=make_config,
+        init=init,
+        apply=apply,
+        loss_fn=loss_fn,
+        frozen=frozen_spec,
+        module=__name__,
+    )
+)

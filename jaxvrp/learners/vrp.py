@@ -44,7 +44,9 @@ from jaxvrp.learners.attention import (
     SelfAttentionLayer,
     sine_position_embedding,
 )
+from jaxvrp.learners import registry
 from jaxvrp.learners.losses import segmentation_loss
+from jaxvrp.learners.protocol import FrozenSpec, Learner
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import model as sam_model
 from jaxvrp.sam.common import Embedding
@@ -380,3 +382,22 @@ def config_to_dict(config: VRPConfig, *, backbone: str, sam: str) -> dict[str, A
 
 def num_params(params: Params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def frozen_spec(config: VRPConfig) -> FrozenSpec:
+    """VRP-SAM prompts its SAM from its backbone's features."""
+    return FrozenSpec(sam=config.sam, backbone=config.backbone)
+
+
+LEARNER = registry.register(
+    Learner(
+        name=CHECKPOINT_KIND,
+        title="VRP-SAM",
+        make_config=make_config,
+        init=init,
+        apply=apply,
+        loss_fn=loss_fn,
+        frozen=frozen_spec,
+        module=__name__,
+    )
+)

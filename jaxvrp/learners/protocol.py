@@ -1,0 +1,93 @@
+"""The learner protocol: what every method is to the trainer, evaluator, `jaxvrp segment`,
+the demo and sweeps.
+
+A method (VRP-SAM, ProSAM, a training-free baseline, ...) is one `Learner`: a frozen
+dataclass of pure functions, registered by name in `jaxvrp.learners.registry`. The tools
+only ever call these fields; none of them knows any method by name.
+
+    learner = registry.get(config.learner)            # e.g. "vrp_sam"
+    lconfig = learner.make_config(**config.model)     # backbone=..., sam=..., options
+    params = learner.init(rng, lconfig)               # {} for a training-free method
+    spec = learner.frozen(lconfig)                    # which frozen models it needs
+    logits = learner.apply(params, frozen, batch, config=lconfig, rng=rng, train=False)
+    loss, metrics = learner.loss_fn(params, frozen, batch, config=lconfig, rng=rng, train=True)
+
+- `make_config(**model) -> config`: a hashable (frozen dataclass) config from the keyword
+  arguments of an ml-collections config's `model` block. Unknown or bad options raise
+  `TypeError` / `ValueError`.
+- `init(rng, config) -> params`: a plain pytree of float32 arrays; `{}` when nothing is
+  learned.
+- `apply(params, frozen, batch, *, config, rng=None, train=False) -> (B, H, W)`: foreground
+  logits at the query image's size (foreground where > 0). Jittable; `rng` drives dropout
+  (train) or sampling inference modes.
+- `loss_fn(params, frozen, batch, *, config, rng, train=True) -> (loss, {name: scalar})`:
+  `None` for a training-free method, which the trainer then skips.
+- `frozen(config) -> FrozenSpec`: the frozen SAM config it prompts and the frozen backbone
+  config it reads (each `None` when not needed). `frozen` trees passed to `apply` /
+  `loss_fn` hold exactly the needed keys, `"sam"` and/or `"backbone"`. A backbone that is
+  the SAM's own encoder (`jaxvrp.backbones.sam_vit`) takes its weights from the SAM.
+- Checkpoints (`jaxvrp.learners.checkpoint`): `{"learner": params}` plus the backbone's
+  params when the spec names a backbone that is not the SAM's encoder, and metadata with
+  `kind` = `name`, `config` = the `model` keyword arguments, `image_size` and `module`.
+- `module`: the importable module whose import registers this learner. Built-in learners are
+  found by the registry; a learner defined elsewhere (a user's package, a test) is found
+  again in a fresh process (e.g. by `jaxvrp segment` reading its checkpoint) through it.
+- `batch_keys`: the batch arrays `apply` / `loss_fn` read beyond the standard ones
+  (`jaxvrp.trainer.MODEL_INPUTS`).
+
+Batch (fixed shapes, see `docs/learners.md`): `query_image` (B, H, W, 3), `support_images`
+(B, K, H, W, 3), `support_annotations` (B, K, H, W); for the loss `query_mask` (B, H, W) and
+optional `query_ignore` (B, H, W); optional `query_embedding` (B, h, w, C), precomputed SAM
+image embeddings of the queries.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenSpec:
+    """The frozen models a learner needs: a `jaxvrp.sam.SamConfig` and a backbone config
+    (`jaxvrp.backbones`), each `None` when not needed."""
+
+    sam: Any = None
+    backbone: Any = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys of the frozen tree: a subset of ("sam", "backbone")."""
+        return tuple(k for k in ("sam", "backbone") if getattr(self, k) is not None)
+
+    @property
+    def backbone_is_sam_encoder(self) -> bool:
+        from jaxvrp.backbones.sam_vit import SamViTConfig
+
+        return isinstance(self.backbone, SamViTConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """A method as pure functions (see the module docstring for each field's contract)."""
+
+    name: str  # registry key, `config.learner`, checkpoint kind
+    title: str  # how tables and figures name it, e.g. "VRP-SAM"
+    make_config: Callable[..., Any]
+    init: Callable[[Any, Any], Params]
+    apply: Callable[..., Any]
+    frozen: Callable[[Any], FrozenSpec]
+    loss_fn: Callable[..., Any] | None = None
+    module: str = ""
+    batch_keys: tuple[str, ...] = ()
+
+    @property
+    def trainable(self) -> bool:
+        return self.loss_fn is not None
+
+
+def no_params(rng: Any, config: Any) -> dict:
+    """`init` of a training-free learner: nothing is learned."""
+    del rng, config
+    return {}
