@@ -12,22 +12,49 @@
 - Oracle box (an upper bound): SAM with the tight box of the target's ground-truth mask,
   i.e. perfect localisation, SAM's own segmentation quality.
 
-Each is a `predict(params, frozen, batch, rng) -> logits (B, H, W)` with the learners'
-batch format, so `jaxvrp.evaluate.evaluate(..., predict=...)` scores it on the same episodes.
+Both are training-free learners of the protocol (`jaxvrp.learners.protocol`: empty params,
+no loss), registered as "gp_sam" (option `mode`: "points", "box" or "points+box") and
+"oracle_box", so the evaluator, the demo and `jaxvrp segment` run them like any learner.
 SAM gets a single output mask (several prompts are not ambiguous).
 """
 
-from functools import partial
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxvrp.image import resize_bilinear
-from jaxvrp.learners import vrp
+from jaxvrp.learners import frozen_sam, registry, vrp
+from jaxvrp.learners.protocol import FrozenSpec, Learner, no_params
 from jaxvrp.masks import tight_boxes
+from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import model as sam_model
 
 GP_MODES = ("points", "box", "points+box")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPSAMConfig:
+    vrp: vrp.VRPConfig  # the backbone, SAM and pseudo-mask settings
+    mode: str = "points+box"  # one of GP_MODES
+    num_points: int = 5  # VRP-SAM paper §5.3: "randomly sample 5 points"
+    threshold: float = 0.5  # binarisation of the min-max normalised pseudo-mask (ours)
+
+
+def make_gp_sam_config(
+    backbone: str = "resnet50_deepstem",
+    sam: str = "vit_h",
+    *,
+    mode: str = "points+box",
+    num_points: int = 5,
+    threshold: float = 0.5,
+    **vrp_options: Any,
+) -> GPSAMConfig:
+    """GP-SAM on VRP-SAM's frozen backbone and SAM; `vrp_options` are VRP-SAM's (e.g.
+    `annotation_downsample`); the learned ones (`num_queries`, `dropout`, ...) are unused."""
+    if mode not in GP_MODES:
+        raise ValueError(f"GP-SAM mode must be one of {GP_MODES}, got {mode!r}")
+    return GPSAMConfig(vrp.make_config(backbone, sam, **vrp_options), mode, num_points, threshold)
 
 
 def pseudo_mask(frozen, batch, config: vrp.VRPConfig) -> jax.Array:
@@ -35,9 +62,7 @@ def pseudo_mask(frozen, batch, config: vrp.VRPConfig) -> jax.Array:
     b, k = batch["support_images"].shape[:2]
     *_, pm = vrp.shot_features(frozen, batch, config)  # (B * K, h, w, 1)
     pm = pm[..., 0].reshape(b, k, *pm.shape[1:3])
-    lo = pm.min(axis=(2, 3), keepdims=True)
-    hi = pm.max(axis=(2, 3), keepdims=True)
-    return ((pm - lo) / (hi - lo + 1e-7)).max(axis=1)
+    return frozen_sam.minmax(pm, (2, 3)).max(axis=1)
 
 
 def gp_sam_prompts(pm: jax.Array, rng: jax.Array, *, num_points: int, threshold: float, scale):
@@ -54,56 +79,71 @@ def gp_sam_prompts(pm: jax.Array, rng: jax.Array, *, num_points: int, threshold:
     return points, tight_boxes(region)[0] * jnp.array([sx, sy, sx, sy])
 
 
-def _sam_logits(sam_params, batch, config: vrp.VRPConfig, **prompts) -> jax.Array:
-    emb = vrp.query_embeddings({"sam": sam_params}, batch, config)
-    low, _ = sam_model.predict_masks(
-        sam_params, emb, config=config.sam, multimask_output=False, **prompts
-    )
-    size = batch["query_image"].shape[1:3]
-    return resize_bilinear(low[:, 0], size, align_corners=True, channels_last=False)
+def sam_logits(sam_params, batch, sam: sam_config.SamConfig, **prompts) -> jax.Array:
+    """SAM's single-output logits (B, H, W) for geometric prompts in SAM input pixels."""
+    emb = frozen_sam.query_embeddings({"sam": sam_params}, batch, sam)
+    low, _ = sam_model.predict_masks(sam_params, emb, config=sam, multimask_output=False, **prompts)
+    return frozen_sam.to_query_size(low[:, 0], batch)
 
 
-def gp_sam(
-    params,
-    frozen,
-    batch,
-    rng,
-    *,
-    config: vrp.VRPConfig,
-    mode: str = "points+box",
-    num_points: int = 5,
-    threshold: float = 0.5,
-) -> jax.Array:
-    """GP-SAM logits (B, H, W); `params` is unused (nothing is trained)."""
-    del params
-    if mode not in GP_MODES:
-        raise ValueError(f"GP-SAM mode must be one of {GP_MODES}, got {mode!r}")
-    pm = pseudo_mask(frozen, batch, config)
+def gp_sam(params, frozen, batch, *, config: GPSAMConfig, rng=None, train=False) -> jax.Array:
+    """GP-SAM logits (B, H, W); `params` is empty (nothing is trained). Without an `rng` the
+    points are drawn with `jax.random.key(0)`."""
+    del params, train
+    rng = jax.random.key(0) if rng is None else rng
+    v = config.vrp
+    pm = pseudo_mask(frozen, batch, v)
     points, boxes = gp_sam_prompts(
-        pm, rng, num_points=num_points, threshold=threshold, scale=config.sam.image_size
+        pm, rng, num_points=config.num_points, threshold=config.threshold, scale=v.sam.image_size
     )
     b = points.shape[0]
     prompts = {}
-    if mode != "box":
+    if config.mode != "box":
         prompts["points"] = points
-        prompts["point_labels"] = jnp.ones((b, num_points), jnp.int32)
-    if mode != "points":
+        prompts["point_labels"] = jnp.ones((b, config.num_points), jnp.int32)
+    if config.mode != "points":
         prompts["boxes"] = boxes
-    return _sam_logits(frozen["sam"], batch, config, **prompts)
+    return sam_logits(frozen["sam"], batch, v.sam, **prompts)
 
 
-def oracle_box(params, frozen, batch, rng, *, config: vrp.VRPConfig) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class OracleBoxConfig:
+    sam: sam_config.SamConfig
+
+
+def make_oracle_box_config(sam: str = "vit_h", sam_dtype: str = "float32") -> OracleBoxConfig:
+    return OracleBoxConfig(sam_config.get_config(sam, dtype=sam_dtype))
+
+
+def oracle_box(params, frozen, batch, *, config: OracleBoxConfig, rng=None, train=False):
     """SAM with the tight box of the target's ground truth: logits (B, H, W)."""
-    del params, rng
+    del params, rng, train
     mask = batch["query_mask"] > 0
     _, h, w = mask.shape
     s = config.sam.image_size
     box = tight_boxes(mask)[0] * s / jnp.array([w, h, w, h], jnp.float32)  # empty: zero box
-    return _sam_logits(frozen["sam"], batch, config, boxes=box)
+    return sam_logits(frozen["sam"], batch, config.sam, boxes=box)
 
 
-def predictors(config: vrp.VRPConfig) -> dict:
-    """Name -> predict function of every baseline, for `jaxvrp.evaluate.evaluate`."""
-    out = {f"GP-SAM ({m})": partial(gp_sam, config=config, mode=m) for m in GP_MODES}
-    out["SAM + oracle box"] = partial(oracle_box, config=config)
-    return out
+GP_SAM = registry.register(
+    Learner(
+        name="gp_sam",
+        title="GP-SAM",
+        make_config=make_gp_sam_config,
+        init=no_params,
+        apply=gp_sam,
+        frozen=lambda c: vrp.frozen_spec(c.vrp),
+        module=__name__,
+    )
+)
+ORACLE_BOX = registry.register(
+    Learner(
+        name="oracle_box",
+        title="SAM + oracle box",
+        make_config=make_oracle_box_config,
+        init=no_params,
+        apply=oracle_box,
+        frozen=lambda c: FrozenSpec(sam=c.sam),
+        module=__name__,
+    )
+)

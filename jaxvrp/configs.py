@@ -1,7 +1,10 @@
 """Shared construction of the ml-collections configs in `configs/`.
 
-`configs/<file>.py` defines `get_config(arg)` by calling `make(learner, arg)`. `arg` is a
-comma-separated list of `key=value` overrides and flags, e.g.
+Each `configs/<learner>.py` defines `get_config(arg)`: it parses `arg` with `parse_arg`, takes
+the blocks every learner shares from `base` (run, frozen models, data, optimiser, schedule of
+steps) and adds its own `model` block (the keyword arguments of its `Learner.make_config`)
+and its own training defaults, each commented with its source. `arg` is a comma-separated
+list of `key=value` overrides and flags, e.g.
 `dataset=coco20i,fold=2,label=point,shots=5,backbone=vgg16_bn,sam=vit_b,runlocal`:
 
 | key | values | default |
@@ -14,23 +17,27 @@ comma-separated list of `key=value` overrides and flags, e.g.
 | sam | vit_b, vit_l, vit_h, ... | vit_h |
 | runlocal | (flag) a tiny model on the procedural data, seconds on one CPU | off |
 
-Every default cites its source; paper = the learner's paper (papers/vrp-sam.md,
-papers/prosam.md), code = the official VRP-SAM repository.
+A config file may accept more keys (`parse_arg(arg, extra=...)`). Defaults cite their source:
+paper = the learner's paper (`papers/`), code = the official repository.
 """
+
+from typing import Any
 
 import ml_collections
 
-_KEYS = {"dataset": str, "fold": int, "label": str, "shots": int, "backbone": str, "sam": str}
+KEYS = {"dataset": str, "fold": int, "label": str, "shots": int, "backbone": str, "sam": str}
 
 
-def parse_arg(arg: str | None) -> tuple[dict, set[str]]:
+def parse_arg(arg: str | None, extra: dict[str, type] | None = None) -> tuple[dict, set[str]]:
+    """`arg` -> ({key: value}, {flags}); the only flag is "runlocal"."""
+    keys = {**KEYS, **(extra or {})}
     values, flags = {}, set()
     for item in filter(None, (arg or "").split(",")):
         if "=" in item:
             k, v = item.split("=", 1)
-            if k not in _KEYS:
-                raise ValueError(f"unknown config arg {k!r}; known: {sorted(_KEYS)} and runlocal")
-            values[k] = _KEYS[k](v)
+            if k not in keys:
+                raise ValueError(f"unknown config arg {k!r}; known: {sorted(keys)} and runlocal")
+            values[k] = keys[k](v)
         elif item == "runlocal":
             flags.add(item)
         else:
@@ -38,33 +45,19 @@ def parse_arg(arg: str | None) -> tuple[dict, set[str]]:
     return values, flags
 
 
-def make(learner: str, arg: str | None) -> ml_collections.ConfigDict:
-    values, flags = parse_arg(arg)
-    runlocal = "runlocal" in flags
+def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDict:
+    """The blocks every learner's config shares (unlocked; the config file adds `model`
+    and locks it). Training defaults are VRP-SAM's; a learner's file overrides its own."""
     dataset = values.get("dataset", "procedural" if runlocal else "pascal5i")
     c = ml_collections.ConfigDict()
-    c.learner = learner
-    c.seed = 321  # code (train.py --seed) and ProSAM paper §5.1
+    c.learner = learner  # the registry name (jaxvrp.learners.registry)
+    c.learner_module = ""  # module registering a learner defined outside jaxvrp
+    c.seed = 321  # VRP-SAM code (train.py --seed) and ProSAM paper §5.1
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
     # Explicit cluster for hosts without a scheduler; empty = auto-detect (SLURM, TPU, ...).
     c.coordinator_address = ""
     c.num_processes = 0
     c.process_id = -1
-
-    c.model = ml_collections.ConfigDict()
-    c.model.backbone = values.get("backbone", "resnet50_deepstem")  # code / paper: ResNet-50
-    c.model.sam = values.get("sam", "vit_h")  # code: SAM2pred loads vit_h
-    c.model.sam_dtype = "float32"  # "bfloat16" runs the frozen SAM in bf16
-    c.model.num_queries = 50  # paper §4.3, code --num_query
-    c.model.pseudo_mask_minmax = False  # code (paper eq. 2 min-max normalises)
-    c.model.annotation_downsample = "nearest"  # code; "any" keeps single-pixel points
-    c.model.dropout = 0.5  # code: Dropout2d(p=0.5) after the shared 1x1 conv
-    if learner == "prosam":
-        c.model.nu = 5.0  # ProSAM paper §5.1
-        c.model.num_samples = 10  # ProSAM paper §5.1, K
-        c.model.distribution = "student_t"
-        c.model.n_per = "prompt"
-        c.model.inference = "mean"  # ProSAM paper §4.3
 
     c.frozen = ml_collections.ConfigDict()
     c.frozen.sam_checkpoint = ""  # conversion.sam output; empty = random (runlocal/tests)
@@ -78,43 +71,57 @@ def make(learner: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.fold = values.get("fold", 0)
     c.data.shots = values.get("shots", 1)
     c.data.annotation = values.get("label", "mask")
-    c.data.image_size = 512  # paper §4.4 / code FSSDataset img_size
-    c.data.num_eval_episodes = 1000  # paper §4.4 (HSNet protocol)
+    c.data.image_size = 512  # VRP-SAM paper §4.4 / code FSSDataset img_size
+    c.data.num_eval_episodes = 1000  # VRP-SAM paper §4.4 (HSNet protocol)
     c.data.num_workers = 0
     c.data.procedural_config = "default"
     c.data.embedding_cache = ""  # directory caching evaluation targets' SAM embeddings
 
-    c.batch_size = 8  # paper §4.4: total batch 8 (4 GPUs x 2)
+    c.batch_size = 8  # VRP-SAM paper §4.4: total batch 8 (4 GPUs x 2)
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.lr = 2e-4 if dataset == "pascal5i" and learner == "vrp_sam" else 1e-4  # paper
-    c.optimizer.weight_decay = 1e-6  # paper / code
-    c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8  # code betas
-    c.optimizer.schedule = "cosine" if learner == "vrp_sam" else "cosine_restarts"  # papers
-    c.optimizer.restart_steps = 0  # ProSAM: 15 epochs, set from steps_per_epoch below
-    c.epochs = (100 if dataset == "pascal5i" else 50) if learner == "vrp_sam" else 100  # papers
+    c.optimizer.lr = 1e-4  # VRP-SAM paper (COCO)
+    c.optimizer.weight_decay = 1e-6  # VRP-SAM paper / code
+    c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8  # VRP-SAM code betas
+    c.optimizer.schedule = "cosine"  # VRP-SAM paper; or cosine_restarts, constant
+    c.optimizer.restart_steps = 0  # period of cosine_restarts
+    c.epochs = 50  # VRP-SAM paper (COCO)
     c.steps_per_epoch = 1000  # episodes per epoch / batch; set to your training list's size
     c.total_steps = c.get_ref("epochs") * c.get_ref("steps_per_epoch")
     c.stop_after = 0  # stop this process after N steps (pre-emption tests); 0 = to the end
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
-    if learner == "prosam":
-        c.optimizer.restart_steps = 15 * c.get_ref("steps_per_epoch")  # ProSAM paper §5.1
-
     if runlocal:
-        c.model.backbone = values.get("backbone", "resnet_test_deepstem")
-        c.model.sam = values.get("sam", "test_small_image")
-        c.model.num_queries = 8
-        if learner == "prosam":
-            c.model.num_samples = 2
         c.data.image_size = 64
         c.data.num_eval_episodes = 8
         c.data.procedural_config = "small"
         c.batch_size = 2
         c.epochs, c.steps_per_epoch = 1, 4
-        if learner == "prosam":
-            c.optimizer.restart_steps = 2
         c.log_every = 1
         c.checkpoint_every = 2
-    c.lock()
     return c
+
+
+def sam_and_backbone(c: ml_collections.ConfigDict, values: dict, runlocal: bool) -> None:
+    """`model.backbone`, `model.sam` and `model.sam_dtype`, shared by the learners that
+    prompt a SAM from a backbone's features."""
+    c.model = ml_collections.ConfigDict()
+    default_backbone = "resnet_test_deepstem" if runlocal else "resnet50_deepstem"
+    c.model.backbone = values.get("backbone", default_backbone)  # VRP-SAM code / paper: R50
+    c.model.sam = values.get("sam", "test_small_image" if runlocal else "vit_h")  # code: vit_h
+    c.model.sam_dtype = "float32"  # "bfloat16" runs the frozen SAM in bf16
+
+
+def override(config: ml_collections.ConfigDict, updates: dict[str, Any], where: str = "") -> None:
+    """Set `updates` (nested dicts, or "a.b" keys) on `config`; a key the config does not
+    have is an error naming it (a typo would otherwise be silently ignored)."""
+    for key, value in updates.items():
+        node, *rest = key.split(".", 1)
+        if rest:
+            value, key = {rest[0]: value}, node
+        if key not in config:
+            raise KeyError(f"{where or 'config'} has no key {key!r}; known: {sorted(config)}")
+        if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
+            override(config[key], value, f"{where}.{key}".strip("."))
+        else:
+            config[key] = value

@@ -17,14 +17,16 @@ Stages (each timed and logged; training shows a progress bar):
    row a reference (annotation outlined), the target with its ground truth outlined, and each
    method's prediction (green: correct, red: false positive, blue: missed).
 
-The trained learners are exported to `OUT/vrp_sam/learner` and `OUT/prosam/learner`; with
-the embedded SAM they run on one's own images with `jaxvrp segment`. The settings below
-(`demo_config`) are the paper's architectures at a CPU budget: shorter training with a
-higher learning rate, K = 4 ProSAM samples instead of 10. `--runlocal` runs every stage at
-a tiny size (the tests). A rerun with the same OUT resumes finished training.
+The methods and every setting are `configs/demo.py`: each method is a learner config of
+`configs/` (any registered learner, `jaxvrp.learners.registry`) with the demo's shared
+settings on top; trainable ones are trained, training-free ones only evaluated. The
+trained learners are exported to `OUT/<config>/learner` (e.g. `OUT/vrp_sam/learner`); with
+the embedded SAM they run on one's own images with `jaxvrp segment`. `--runlocal` runs
+every stage at a tiny size (the tests). A rerun with the same OUT resumes finished training.
 """
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -34,50 +36,49 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxvrp import assets, baselines, configs, evaluate, metrics, trainer
+from jaxvrp import assets, configs, evaluate, metrics, trainer
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import train as train_lib
 from jaxvrp.data import datasets
 from jaxvrp.masks import erode
 
-LEARNERS = ("vrp_sam", "prosam")
-NAMES = {"vrp_sam": "VRP-SAM", "prosam": "ProSAM"}
+
+def _parse_overrides(config, text: str) -> dict:
+    """ "a.b=v,c=w" -> {"a.b": v, ...}, each value of the type the config has there."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        node = config
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        leaf = key.split(".")[-1]
+        if leaf not in node:
+            raise KeyError(f"config has no key {key!r}")
+        old = node[leaf]
+        out[key] = value == "True" if isinstance(old, bool) else type(old)(value)
+    return out
 
 
-def demo_config(learner: str, out: Path, sam_dir: Path, *, runlocal: bool, steps: int | None):
-    """The ml-collections config of one learner in the demo (see the module docstring)."""
-    c = configs.make(learner, "dataset=procedural,backbone=sam_tiny_128,sam=tiny_128")
-    c.unlock()
-    c.frozen.sam_checkpoint = str(sam_dir)
-    c.data.data_dir = str(out / "tfds")
-    c.data.image_size = 128  # the procedural images' and the embedded SAM's size
-    c.data.procedural_config = "default"
-    c.data.num_eval_episodes = 500
-    c.data.embedding_cache = str(out / "embeddings")
-    c.batch_size = 8
-    c.optimizer.lr = 1e-3
-    c.optimizer.schedule = "cosine"
-    c.steps_per_epoch = 1000
-    c.epochs = 1
-    c.log_every = 50
-    c.checkpoint_every = 250
-    if learner == "prosam":
-        c.model.num_samples = 4
-    if runlocal:
-        c.data.procedural_config = "small"
-        c.data.image_size = 64
-        c.data.num_eval_episodes = 8
-        c.model.num_queries = 8
-        c.batch_size = 2
-        c.steps_per_epoch = 3
-        c.log_every = 1
-        c.checkpoint_every = 3
-        if learner == "prosam":
-            c.model.num_samples = 2
-    if steps is not None:
-        c.steps_per_epoch = steps
-    c.lock()
-    return c
+def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict:
+    """{title: the ml-collections config of that method in the demo} (`configs/demo.py`)."""
+    cfgs = {}
+    for m in demo.methods:
+        c = importlib.import_module(f"configs.{m.config}").get_config(demo.arg)
+        c.unlock()
+        configs.override(c, demo.shared.to_dict(), where=f"configs/{m.config}.py")
+        configs.override(c, _parse_overrides(c, m.overrides), where=f"configs/{m.config}.py")
+        c.frozen.sam_checkpoint = str(sam_dir)
+        c.data.data_dir = str(out / "tfds")
+        c.data.embedding_cache = str(out / "embeddings")
+        if steps is not None:
+            c.steps_per_epoch = steps
+        c.lock()
+        cfgs[m.title] = c
+    trained = [m.workdir for m in demo.methods if trainer.learner_of(cfgs[m.title]).trainable]
+    for w in trained:
+        if trained.count(w) > 1:
+            raise ValueError(f"configs/demo.py: two trained methods share workdir {w!r}")
+    return cfgs
 
 
 class Stage:
@@ -168,13 +169,16 @@ class FirstBatch:
 
 def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=None) -> dict:
     """Every stage of the demo; returns {method: metrics}."""
+    from configs import demo as demo_config
+
     t0 = time.perf_counter()
     stage = Stage(t0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sam_dir = Path(sam_dir) if sam_dir else assets.default_sam_dir()
-    cfgs = {k: demo_config(k, out, sam_dir, runlocal=runlocal, steps=steps) for k in LEARNERS}
-    base = cfgs["vrp_sam"]
+    demo = demo_config.get_config("runlocal" if runlocal else None)
+    cfgs = method_configs(demo, out, sam_dir, steps=steps)
+    base = next(iter(cfgs.values()))
 
     stage("1/5 data: the procedural benchmark (built on first use)")
     for which in (0, 1):
@@ -194,35 +198,37 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
         )
 
     trained = {}
-    for learner in LEARNERS:
-        c = cfgs[learner]
-        stage(f"3/5 train {NAMES[learner]} ({c.total_steps} steps of {c.batch_size} episodes)")
-        workdir = out / learner
+    for m in demo.methods:
+        c = cfgs[m.title]
+        if not trainer.learner_of(c).trainable:
+            continue
+        stage(f"3/5 train {m.title} ({c.total_steps} steps of {c.batch_size} episodes)")
+        workdir = out / m.workdir
         if (workdir / "learner" / "metadata.json").is_file():
             stage(f"    already trained in {workdir}; reusing it")
         else:
             train_lib.train(c, workdir)
         params, _ = evaluate.restore_params(c, workdir / "checkpoints")
-        trained[learner] = params
+        trained[m.title] = params
 
     stage("4/5 evaluate on the novel classes")
-    lconfig = trainer.learner_config(base)
-    frozen = frozen_lib.load(base, lconfig)
+    frozen = {}  # one frozen tree for all: every method has the same SAM and backbone
     results, examples = {}, {}
-    for learner in LEARNERS:
-        keep = examples[NAMES[learner]] = FirstBatch()
-        results[NAMES[learner]] = evaluate.evaluate(
-            cfgs[learner],
-            trained[learner],
-            name=NAMES[learner],
+    for m in demo.methods:
+        c = cfgs[m.title]
+        learner = trainer.learner_of(c)
+        spec = learner.frozen(learner.make_config(**c.model.to_dict()))
+        missing = [k for k in spec.keys if k not in frozen]
+        if missing:
+            frozen.update({k: v for k, v in frozen_lib.load(c, spec).items() if k in missing})
+        keep = examples[m.title] = FirstBatch()
+        results[m.title] = evaluate.evaluate(
+            c,
+            trained.get(m.title),
+            name=m.title,
             frozen=frozen,
             progress=True,
             on_batch=keep,
-        )
-    for name, fn in baselines.predictors(lconfig).items():
-        keep = examples[name] = FirstBatch()
-        results[name] = evaluate.evaluate(
-            base, None, name=name, predict=fn, frozen=frozen, progress=True, on_batch=keep
         )
 
     stage("5/5 results")
@@ -235,16 +241,17 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
     (out / "results.md").write_text(header + "\n\n" + table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     first = next(iter(examples.values())).batch  # the same episodes for every method
-    grid = example_grid(first, {k: v.logits for k, v in examples.items()}, num_rows=8)
+    grid = example_grid(first, {k: v.logits for k, v in examples.items()}, demo.examples)
     Image.fromarray(grid).save(out / "examples.png")
     print(header + "\n\n" + table)
     columns = ["reference", "target, truth", *examples]
     print(f"\nexamples: {out / 'examples.png'} (columns: {', '.join(columns)})")
-    print(
-        "segment your own images: jaxvrp segment --learner "
-        f"{out / 'vrp_sam' / 'learner'} --reference REF.png --reference-mask MASK.png "
-        f"--targets DIR --out {out / 'segment'}"
-    )
+    learners = [out / m.workdir / "learner" for m in demo.methods if m.title in trained]
+    if learners:
+        print(
+            f"segment your own images: jaxvrp segment --learner {learners[0]} "
+            f"--reference REF.png --reference-mask MASK.png --targets DIR --out {out / 'segment'}"
+        )
     stage("done")
     return results
 

@@ -2,9 +2,10 @@
 
 Runs the fixed evaluation episodes of the config's fold (novel classes; 1000 by default),
 sharded over all devices and hosts, and writes `workdir/eval/results.json` and
-`workdir/eval/results.md` (mIoU, FB-IoU, TPR / TNR / FPR / FNR, per-class IoU). Params come
-from the latest training checkpoint in the workdir, or from `--checkpoint` (a training
-workdir's `checkpoints/` directory).
+`workdir/eval/results.md` (mIoU, FB-IoU, TPR / TNR / FPR / FNR, per-class IoU). Any
+registered learner (`config.learner`): a trained one's params come from the latest training
+checkpoint in the workdir, or from `--checkpoint` (a training workdir's `checkpoints/`
+directory); a training-free one (GP-SAM, the oracle box, ...) needs none.
 """
 
 import json
@@ -18,9 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
-from jaxvrp import metrics, trainer
+from jaxvrp import loop, metrics, trainer
 from jaxvrp.data import datasets
-from jaxvrp.learners import vrp
+from jaxvrp.learners import frozen_sam
 
 
 def _define_flags() -> None:
@@ -42,39 +43,41 @@ def restore_params(config, checkpoints: Path):
 
 def evaluate(
     config,
-    params,
+    params=None,
     *,
-    name: str = "learner",
+    name: str | None = None,
     rng_seed: int = 0,
-    predict=None,
     frozen=None,
     progress: bool = False,
     on_batch=None,
 ) -> dict:
-    """Metrics of `params` on the config's evaluation episodes.
+    """Metrics of the config's learner with `params` on the config's evaluation episodes.
 
-    `predict(params, frozen, batch, rng) -> logits (B, H, W)` replaces the learner's
-    `apply` (e.g. a `jaxvrp.baselines` predictor); `frozen` an already loaded frozen tree;
-    `progress` shows a progress bar over the batches; `on_batch(batch, logits)` is called
-    with every host batch and its logits (numpy), e.g. to keep examples.
+    `params` None: the learner's fresh `init` (what a training-free learner has: `{}`);
+    `frozen` an already loaded frozen tree (`jaxvrp.frozen.load`); `progress` shows a
+    progress bar over the batches; `on_batch(batch, logits)` is called with every host batch
+    and its logits (numpy), e.g. to keep examples.
     """
-    lconfig = trainer.learner_config(config)
-    module = trainer.learner_module(config.learner)
-    _, batch_sharding, replicated = trainer.mesh_and_shardings()
-    trainer.check_batch_size(config.batch_size)
+    learner = trainer.learner_of(config)
+    lconfig = learner.make_config(**config.model.to_dict())
+    name = learner.title if name is None else name
+    spec = learner.frozen(lconfig)
+    _, batch_sharding, replicated = loop.mesh_and_shardings()
+    loop.check_batch_size(config.batch_size)
     if frozen is None:
-        frozen = frozen_lib.load(config, lconfig)
-    frozen = jax.device_put(frozen, replicated)
+        frozen = frozen_lib.load(config, spec)
+    frozen = jax.device_put({k: frozen[k] for k in spec.keys}, replicated)
+    if params is None:
+        params = learner.init(jax.random.key(config.seed), lconfig)
     params = jax.device_put(params, replicated)
-    if predict is None:
-        predict = lambda p, f, b, r: module.apply(p, f, b, config=lconfig, rng=r)  # noqa: E731
     predict = jax.jit(
-        predict,
+        lambda p, f, b, r: learner.apply(p, f, b, config=lconfig, rng=r),
         in_shardings=(replicated, replicated, batch_sharding, replicated),
         out_shardings=batch_sharding,
     )
     meter = metrics.SegmentationMeter()
-    cache = EmbeddingCache(config, lconfig, replicated) if config.data.embedding_cache else None
+    use_cache = config.data.embedding_cache and spec.sam is not None
+    cache = EmbeddingCache(config, spec.sam) if use_cache else None
     local = config.batch_size // jax.process_count()
     episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
     rng = jax.random.key(rng_seed)
@@ -87,7 +90,7 @@ def evaluate(
     for batch in episodes:
         if cache is not None:
             batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
-        inputs = trainer.global_batch(trainer.model_inputs(batch), batch_sharding)
+        inputs = loop.global_batch(trainer.model_inputs(batch, learner), batch_sharding)
         logits = predict(params, frozen, inputs, rng)
         local_logits = np.concatenate(
             [np.asarray(s.data) for s in logits.addressable_shards], axis=0
@@ -131,13 +134,12 @@ class EmbeddingCache:
     data and SAM: checkpoints during training, several learners, baselines.
     """
 
-    def __init__(self, config, lconfig, replicated) -> None:
-        v = getattr(lconfig, "vrp", lconfig)
+    def __init__(self, config, sam) -> None:
         dataset, split, _ = datasets.plan(config)[1]
         name = f"{dataset}_{split}_{config.model.sam}_{config.data.image_size}"
         self.dir = Path(config.data.embedding_cache) / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._embed = jax.jit(lambda p, x: vrp.sam_embeddings(p, x, v))
+        self._embed = jax.jit(lambda p, x: frozen_sam.image_embeddings(p, x, sam))
 
     def lookup(self, batch: dict, sam_params) -> np.ndarray:
         """(B, h, w, C) embeddings of the batch's targets, computing the missing ones."""
@@ -164,14 +166,16 @@ def main(argv) -> None:
     f = flags.FLAGS
     config, workdir = f.config, Path(f.workdir)
     if config.distributed:
-        from jaxvrp.train import initialize_distributed
-
-        initialize_distributed(config)
-    checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
-    params, step = restore_params(config, checkpoints)
-    result = evaluate(config, params, name=f"{config.learner}@{step}")
+        loop.initialize_distributed(config)
+    learner = trainer.learner_of(config)
+    params, name = None, learner.title
+    if learner.trainable:
+        checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
+        params, step = restore_params(config, checkpoints)
+        name = f"{learner.title}@{step}"
+    result = evaluate(config, params, name=name)
     if jax.process_index() == 0:
-        write_results(workdir, {config.learner: result})
+        write_results(workdir, {learner.title: result})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The frozen tree of a run: SAM and the semantic backbone, from checkpoints or random.
+"""The frozen tree of a run: the SAM and the semantic backbone a learner needs
+(`Learner.frozen(config)`, a `FrozenSpec`), from checkpoints or random.
 
 `config.frozen.sam_checkpoint` / `backbone_checkpoint` name directories written by
 `conversion.sam` / `conversion.backbone`. Empty means seeded random weights (the `runlocal`
 configs and tests); that is logged as a warning, since nothing trained that way means much.
+A backbone that is the SAM's own encoder ("sam_<variant>") takes the SAM's weights.
 """
 
 import jax
@@ -10,50 +12,69 @@ from absl import logging
 
 from jaxvrp import backbones
 from jaxvrp import sam as sam_lib
-from jaxvrp.backbones.sam_vit import SamViTConfig
+from jaxvrp.learners.protocol import FrozenSpec
 
 
-def load(config, lconfig) -> dict:
-    """{"sam": params, "backbone": params} matching the learner config's shapes."""
-    v = getattr(lconfig, "vrp", lconfig)  # ProSAM wraps a VRP config
+def load(config, spec: FrozenSpec) -> dict:
+    """{"sam": params, "backbone": params}, only the keys `spec` needs, matching its shapes."""
     f = config.frozen
     k_sam, k_bb = jax.random.split(jax.random.key(f.seed))
-    if f.sam_checkpoint:
-        sam_params, sam_config = sam_lib.load(f.sam_checkpoint)
-        if sam_config.architecture() != v.sam.architecture():
-            raise ValueError(
-                f"SAM checkpoint {f.sam_checkpoint} does not match config.model.sam "
-                f"({sam_config.encoder_embed_dim} wide, {sam_config.encoder_depth} deep)"
-            )
-    else:
-        logging.warning("config.frozen.sam_checkpoint is empty: using a RANDOM SAM")
-        sam_params = sam_lib.init(k_sam, v.sam)
-    if isinstance(v.backbone, SamViTConfig):  # SAM's own encoder: the SAM's weights
+    out = {}
+    if spec.sam is not None:
+        if f.sam_checkpoint:
+            sam_params, sam_config = sam_lib.load(f.sam_checkpoint)
+            if sam_config.architecture() != spec.sam.architecture():
+                raise ValueError(
+                    f"SAM checkpoint {f.sam_checkpoint} does not match config.model.sam "
+                    f"({sam_config.encoder_embed_dim} wide, {sam_config.encoder_depth} deep)"
+                )
+        else:
+            logging.warning("config.frozen.sam_checkpoint is empty: using a RANDOM SAM")
+            sam_params = sam_lib.init(k_sam, spec.sam)
+        out["sam"] = sam_params
+    if spec.backbone is None:
+        return out
+    if spec.backbone_is_sam_encoder:  # SAM's own encoder: the SAM's weights
         if f.backbone_checkpoint:
             raise ValueError(
                 f"backbone {config.model.backbone!r} is the SAM's own encoder: leave "
                 "config.frozen.backbone_checkpoint empty"
             )
-        bb_params = sam_backbone_params(sam_params, v)
+        out["backbone"] = sam_backbone_params(out["sam"], spec)
     elif f.backbone_checkpoint:
         bb_params, bb_config = backbones.load(f.backbone_checkpoint)
-        if bb_config != v.backbone:
+        if bb_config != spec.backbone:
             raise ValueError(
                 f"backbone checkpoint {f.backbone_checkpoint} is {bb_config}, but "
-                f"config.model.backbone asks for {v.backbone}"
+                f"config.model.backbone asks for {spec.backbone}"
             )
+        out["backbone"] = bb_params
     else:
         logging.warning("config.frozen.backbone_checkpoint is empty: using a RANDOM backbone")
-        bb_params = backbones.init(k_bb, v.backbone)
-    return {"sam": sam_params, "backbone": bb_params}
+        out["backbone"] = backbones.init(k_bb, spec.backbone)
+    return out
 
 
-def sam_backbone_params(sam_params: dict, v) -> dict:
+def sam_backbone_params(sam_params: dict, spec: FrozenSpec) -> dict:
     """The backbone params of a "sam_<variant>" backbone: the SAM's image encoder, which
     must be that variant."""
-    if v.backbone.sam_config.architecture() != v.sam.architecture():
+    if spec.sam is None or spec.backbone.sam_config.architecture() != spec.sam.architecture():
         raise ValueError(
-            f"backbone sam_{v.backbone.sam} is a SAM encoder, but the learner's SAM is a "
+            f"backbone sam_{spec.backbone.sam} is a SAM encoder, but the learner's SAM is a "
             "different architecture; use the backbone of the SAM the learner prompts"
         )
     return sam_params["image_encoder"]
+
+
+def param_shapes(spec: FrozenSpec) -> dict:
+    """Shapes of the frozen tree `load` returns (nothing allocated)."""
+    out = {}
+    if spec.sam is not None:
+        out["sam"] = sam_lib.param_shapes(spec.sam)
+    if spec.backbone is not None:
+        out["backbone"] = (
+            out["sam"]["image_encoder"]
+            if spec.backbone_is_sam_encoder
+            else backbones.param_shapes(spec.backbone)
+        )
+    return out

@@ -261,3 +261,13 @@ def normalized_image(rgb: np.ndarray, size: int) -> np.ndarray:
     return (image.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(
         IMAGENET_STD, np.float32
     )
+
+
+def resized_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W) label or binary mask -> (S, S) as training episodes resize masks (PIL
+    nearest, aspect not kept): the same for dataset masks and `jaxvrp segment`'s reference
+    masks. Host-side numpy."""
+    mask = np.asarray(mask, np.uint8)
+    if mask.shape[:2] == (size, size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))

@@ -34,17 +34,21 @@ Choices:
     0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H; the edges are scaled and rounded, and the
     box keeps at least one pixel.
   - `--reference-mask` / `--scribble`: a PNG (any format Pillow reads) of exactly the
-    reference image's size, converted to grayscale, nonzero = foreground; brought to S x S
-    by "any" pooling (an S x S pixel is set when any original pixel of its adaptive-pooling
-    window is), so thin strokes and small masks survive downsampling.
+    reference image's size, converted to grayscale, nonzero = foreground. A mask is brought
+    to S x S exactly as training episodes resize dataset masks (PIL nearest,
+    `jaxvrp.image.resized_mask`), so the learner sees the reference as in training; a
+    scribble by "any" pooling (`jaxvrp.masks.any_pool`: an S x S pixel is set when any
+    original pixel of its adaptive-pooling window is), since training draws strokes at S x S
+    and a thin stroke of a large image would vanish under nearest sampling.
   An annotation with no foreground pixel is an error.
 - `--targets`: a directory (its image files, not recursive, hidden files skipped; suffixes
   .png .jpg .jpeg .bmp .webp .tif .tiff in any case) or a glob pattern (`**` recurses), both
   sorted by path. Two targets whose stems are equal ignoring case are an error, since their
   outputs would collide (also on case-insensitive file systems).
-- Prediction: the learner's `apply` (no dropout, `rng = jax.random.key(0)`, so sampling
-  inference modes of ProSAM are deterministic) on one target at a time, logits (S, S)
-  upsampled to the target's size (bilinear, align_corners=False); mask = logit > 0.
+- Prediction: the learner's `apply` (any registered learner, `jaxvrp.learners.registry`;
+  no dropout, `rng = jax.random.key(0)`, so sampling inference modes are deterministic) on
+  one target at a time, logits (S, S) upsampled to the target's size (bilinear,
+  align_corners=False); mask = logit > 0.
 - Nothing half-written: every argument, both checkpoints, every reference, annotation and
   target image is read and checked before `--out` is created or any file written; each
   output goes to a hidden temporary name in `--out` and is renamed into place. Existing
@@ -71,9 +75,9 @@ from tqdm import tqdm
 from jaxvrp import assets, params_io
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
-from jaxvrp.image import normalized_image, resize_bilinear
+from jaxvrp.image import normalized_image, resize_bilinear, resized_mask
 from jaxvrp.learners import checkpoint
-from jaxvrp.masks import erode
+from jaxvrp.masks import any_pool, erode
 
 PROG = "jaxvrp segment"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -122,27 +126,6 @@ def read_rgb(path: str | os.PathLike, option: str) -> np.ndarray:
         raise SegmentError(
             f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"
         ) from e
-
-
-def _windows(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Adaptive-pooling windows [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), i < n_out
-    (those of `jaxvrp.learners.vrp.downsample_annotation`'s "any"); never empty."""
-    i = np.arange(n_out)
-    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-
-
-def any_pool(mask: np.ndarray, size: int) -> np.ndarray:
-    """Binary (H, W) -> (S, S) float32: 1 where any pixel of the window is set (exact, by
-    cumulative sums, so a single pixel of a large image survives)."""
-    m = np.asarray(mask, bool)
-    lo, hi = _windows(m.shape[0], size)
-    c = np.zeros((m.shape[0] + 1, m.shape[1]), np.int32)
-    np.cumsum(m, axis=0, dtype=np.int32, out=c[1:])
-    rows = (c[hi] - c[lo]) > 0  # (S, W)
-    lo, hi = _windows(m.shape[1], size)
-    c = np.zeros((size, m.shape[1] + 1), np.int32)
-    np.cumsum(rows, axis=1, dtype=np.int32, out=c[:, 1:])
-    return ((c[:, hi] - c[:, lo]) > 0).astype(np.float32)
 
 
 def _point_index(v: int, n: int, size: int) -> int:
@@ -206,7 +189,15 @@ def annotation_map(shot: Shot, image_hw: tuple[int, int], size: int) -> np.ndarr
         )
     if not m.any():
         raise SegmentError(f"{option}: {path} is empty (no nonzero pixel)")
-    return any_pool(m, size)
+    if shot.kind == "mask":
+        ann = (resized_mask(m.astype(np.uint8), size) > 0).astype(np.float32)
+        if not ann.any():
+            raise SegmentError(
+                f"{option}: {path} has no foreground pixel left at the learner's {size}x{size} "
+                "input (the mask is too small for it)"
+            )
+        return ann
+    return np.asarray(any_pool(m, (size, size)))
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -274,8 +265,26 @@ def _sam_summary(d: dict) -> str:
 
 
 def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dict:
-    """{"sam": ..., "backbone": ...} for the learner, from the SAM checkpoint `sam_dir`
-    (None: the embedded SAM), whose architecture must be the learner's SAM."""
+    """The frozen tree the learner needs (`Learner.frozen`): the SAM from `sam_dir` (None:
+    the embedded SAM), whose architecture must be the learner's SAM, and the backbone from
+    the learner checkpoint or, for a SAM-encoder backbone, from the SAM."""
+    spec = ckpt.frozen_spec
+    out = {}
+    if spec.sam is not None:
+        out["sam"] = _load_sam(sam_dir, spec.sam, ckpt, learner_dir)
+    if spec.backbone is not None:
+        try:
+            out["backbone"] = (
+                ckpt.backbone_params
+                if ckpt.backbone_params is not None
+                else frozen_lib.sam_backbone_params(out.get("sam"), spec)
+            )
+        except ValueError as e:
+            raise SegmentError(f"--learner {learner_dir}: {e}") from e
+    return out
+
+
+def _load_sam(sam_dir, want_config, ckpt: checkpoint.LearnerCheckpoint, learner_dir):
     if sam_dir is None:
         try:
             sam_dir = assets.default_sam_dir()
@@ -290,8 +299,7 @@ def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dic
         sam_params, sam_config = sam_lib.load(sam_dir)
     except (params_io.CheckpointError, ValueError, KeyError, TypeError, OSError) as e:
         raise SegmentError(f"--sam {sam_dir}: not a usable SAM checkpoint: {e}") from e
-    v = ckpt.vrp_config
-    have, want = sam_config.architecture(), v.sam.architecture()
+    have, want = sam_config.architecture(), want_config.architecture()
     if have != want:
         diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in sorted(have) if have[k] != want[k])
         name = ckpt.metadata.get("config", {}).get("sam", "?")
@@ -299,15 +307,7 @@ def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dic
             f"--sam {sam_dir}{hint} is a SAM with {_sam_summary(have)}, but the learner "
             f"{learner_dir} was trained with SAM {name!r}: {_sam_summary(want)} ({diff})"
         )
-    try:
-        backbone = (
-            ckpt.backbone_params
-            if ckpt.backbone_params is not None
-            else frozen_lib.sam_backbone_params(sam_params, v)
-        )
-    except ValueError as e:
-        raise SegmentError(f"--learner {learner_dir}: {e}") from e
-    return {"sam": sam_params, "backbone": backbone}
+    return sam_params
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,11 +315,11 @@ def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dic
 
 
 @functools.cache
-def _predictor(module, config):
+def _predictor(learner, config):
     """The learner's jitted `apply` for one config (compiled once per input shape)."""
 
     def predict(params, frozen, batch):
-        return module.apply(params, frozen, batch, config=config, rng=jax.random.key(0))
+        return learner.apply(params, frozen, batch, config=config, rng=jax.random.key(0))
 
     return jax.jit(predict)
 
@@ -378,7 +378,7 @@ def segment(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegmentError(f"--out: cannot create {out}: {e}") from e
-    predict = _predictor(ckpt.module, ckpt.config)
+    predict = _predictor(ckpt.learner, ckpt.config)
     params, frozen = jax.device_put((ckpt.params, frozen))
     support = {
         "support_images": jax.device_put(np.stack(images)[None]),

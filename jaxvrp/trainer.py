@@ -1,45 +1,41 @@
-"""The training loop's pure parts: train state, optimiser, one jitted step over a mesh.
+"""The learner trainer's pure parts: the learner of a config, its optimiser and one train
+step; the loop around them is `jaxvrp.loop`, the program `jaxvrp.train`.
 
-`train_step(state, batch, rng) -> (state, metrics)` is a pure function; `compile_train_step`
-jits it over a mesh of all devices: the batch sharded along "data", the state and the frozen
-SAM/backbone tree replicated, the state donated. The same code runs on one CPU, a GPU box or
-a multi-host pod (where each host feeds its share of the global batch).
+`train_step(state, batch, rng, frozen) -> (state, metrics)` is a pure function of any
+registered learner (`jaxvrp.learners.registry`): gradients of `Learner.loss_fn` with respect
+to the learner's params only; `loop.compile_step` jits it over the device mesh.
 """
 
 from functools import partial
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrp.learners import prosam, vrp
+from jaxvrp import loop
+from jaxvrp.learners import registry
+from jaxvrp.learners.protocol import Learner
 
-LEARNERS = {"vrp_sam": vrp, "prosam": prosam}
+# the batch arrays every learner may read (`Learner.batch_keys` adds its own)
+MODEL_INPUTS = (
+    "query_image",
+    "support_images",
+    "support_annotations",
+    "query_mask",
+    "query_ignore",
+    "query_embedding",
+)
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def learner_module(name: str):
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; known: {sorted(LEARNERS)}")
-    return LEARNERS[name]
+def learner_of(config) -> Learner:
+    """The registered learner named by `config.learner` (an ml-collections config)."""
+    return registry.get(config.learner, module=config.get("learner_module") or None)
 
 
 def learner_config(config) -> Any:
     """The learner's frozen config from the ml-collections `config.model`."""
-    model = dict(config.model)
-    return learner_module(config.learner).make_config(
-        model.pop("backbone"), model.pop("sam"), **model
-    )
+    return learner_of(config).make_config(**config.model.to_dict())
 
 
 def lr_schedule(config, total_steps: int) -> optax.Schedule:
@@ -73,25 +69,25 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     )
 
 
-def init_state(rng: jax.Array, lconfig: Any, module: Any, optimizer) -> TrainState:
-    params = module.init(rng, lconfig)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+def init_state(rng: jax.Array, lconfig: Any, learner: Learner, optimizer) -> loop.TrainState:
+    params = learner.init(rng, lconfig)
+    return loop.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
 def train_step(
-    state: TrainState,
+    state: loop.TrainState,
     batch: dict,
     rng: jax.Array,
     frozen: Any,
     *,
     lconfig: Any,
-    module: Any,
+    learner: Learner,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+) -> tuple[loop.TrainState, dict[str, jax.Array]]:
     """One optimiser step on the learner's params only; the step is folded into the rng."""
     rng = jax.random.fold_in(rng, state.step)
-    loss_fn = partial(module.loss_fn, config=lconfig, train=True)
+    loss_fn = partial(learner.loss_fn, config=lconfig, train=True)
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, frozen, batch, rng=rng
     )
@@ -103,51 +99,17 @@ def train_step(
         "grad_norm": optax.global_norm(grads),
         "lr": schedule(state.step),
     }
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return loop.TrainState(state.step + 1, params, opt_state), metrics
 
 
-def mesh_and_shardings() -> tuple[jax.sharding.Mesh, NamedSharding, NamedSharding]:
-    """A 1-D "data" mesh over every device (all hosts); batch and replicated shardings."""
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    return mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-
-
-def check_batch_size(batch_size: int) -> None:
-    """The global batch is split evenly over every device of the mesh."""
-    if batch_size % jax.device_count():
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the {jax.device_count()} "
-            "devices it is split over"
-        )
-
-
-def compile_train_step(lconfig, module, optimizer, schedule, batch_sharding, replicated):
+def compile_train_step(lconfig, learner, optimizer, schedule, batch_sharding, replicated):
     step = partial(
-        train_step, lconfig=lconfig, module=module, optimizer=optimizer, schedule=schedule
+        train_step, lconfig=lconfig, learner=learner, optimizer=optimizer, schedule=schedule
     )
-    return jax.jit(
-        step,
-        in_shardings=(replicated, batch_sharding, replicated, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
+    return loop.compile_step(step, batch_sharding, replicated, num_replicated_args=2)
 
 
-def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This host's share of the batch -> global arrays sharded along "data"."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
-    }
-
-
-def model_inputs(batch: dict) -> dict:
-    """The arrays the learners read (drops bookkeeping such as `episode`)."""
-    keys = (
-        "query_image",
-        "support_images",
-        "support_annotations",
-        "query_mask",
-        "query_ignore",
-        "query_embedding",
-    )
+def model_inputs(batch: dict, learner: Learner | None = None) -> dict:
+    """The arrays a learner reads (drops bookkeeping such as `episode`)."""
+    keys = MODEL_INPUTS + (learner.batch_keys if learner is not None else ())
     return {k: batch[k] for k in keys if k in batch}

@@ -33,8 +33,8 @@ def test_gp_sam_prompts_come_from_the_thresholded_pseudo_mask():
 def setup():
     sam = sam_config.get_config("tiny_128")
     params = model.init(jax.random.key(0), sam)
-    config = vrp.make_config("sam_tiny_128", "tiny_128", num_queries=4)
-    fz = {"sam": params, "backbone": frozen.sam_backbone_params(params, config)}
+    config = baselines.make_gp_sam_config("sam_tiny_128", "tiny_128")
+    fz = {"sam": params, "backbone": frozen.sam_backbone_params(params, config.vrp)}
     rng = np.random.default_rng(0)
     mask = np.zeros((2, 64, 64), np.float32)
     mask[0, 10:30, 5:40] = 1
@@ -50,8 +50,8 @@ def setup():
 
 def test_oracle_box_is_sam_with_the_scaled_tight_box(setup):
     sam, params, config, fz, batch = setup
-    got = baselines.oracle_box(None, fz, batch, None, config=config)
-    emb = vrp.sam_embeddings(params, batch["query_image"], config)
+    got = baselines.oracle_box({}, fz, batch, config=baselines.make_oracle_box_config("tiny_128"))
+    emb = vrp.sam_embeddings(params, batch["query_image"], config.vrp)
     boxes = np.stack([tight_box(m) for m in batch["query_mask"]]) * 2  # 64 -> 128 px
     low, _ = model.predict_masks(params, emb, config=sam, boxes=boxes, multimask_output=False)
     want = resize_bilinear(low[:, 0], (64, 64), align_corners=True, channels_last=False)
@@ -60,13 +60,13 @@ def test_oracle_box_is_sam_with_the_scaled_tight_box(setup):
 
 def test_gp_sam_modes_run_and_differ(setup):
     _, _, config, fz, batch = setup
-    out = {
-        m: np.asarray(baselines.gp_sam(None, fz, batch, jax.random.key(1), config=config, mode=m))
-        for m in baselines.GP_MODES
-    }
+    out = {}
+    for m in baselines.GP_MODES:
+        c = baselines.make_gp_sam_config("sam_tiny_128", "tiny_128", mode=m)
+        out[m] = np.asarray(baselines.gp_sam({}, fz, batch, config=c, rng=jax.random.key(1)))
     assert all(v.shape == (2, 64, 64) and np.isfinite(v).all() for v in out.values())
     assert not np.allclose(out["points"], out["box"])
     with pytest.raises(ValueError, match="mode"):
-        baselines.gp_sam(None, fz, batch, jax.random.key(1), config=config, mode="scribble")
-    pm = baselines.pseudo_mask(fz, batch, config)
+        baselines.make_gp_sam_config("sam_tiny_128", "tiny_128", mode="scribble")
+    pm = baselines.pseudo_mask(fz, batch, config.vrp)
     assert pm.shape == (2, 16, 16) and float(pm.max()) <= 1.0 + 1e-6

@@ -64,7 +64,7 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
     assert grid.shape == (26 + 2 * 68, 8 * 68, 3)
     for learner in ("vrp_sam", "prosam"):
         ckpt = checkpoint.load(out / learner / "learner")
-        assert ckpt.learner == learner and ckpt.image_size == 64
+        assert ckpt.learner.name == learner and ckpt.image_size == 64
         assert ckpt.backbone_params is None  # the SAM's own encoder
 
     sample = procedural.generate_image(5, "test", 0, 96)

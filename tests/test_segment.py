@@ -19,6 +19,7 @@ from jaxvrp import sam as sam_lib
 from jaxvrp import segment as seg
 from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, resize_bilinear
 from jaxvrp.learners import checkpoint, prosam, vrp
+from jaxvrp.masks import any_pool
 
 S = 64  # the learners' image_size
 TARGETS = {"t1.png": (40, 56), "t2.jpg": (30, 20), "t3.png": (64, 64)}  # name: (W, H)
@@ -182,7 +183,7 @@ def test_prediction_is_the_learners(files, runs):
     frozen = {"sam": sam_params, "backbone": sam_params["image_encoder"]}
     # `segment`'s jitted `module.apply` (already compiled by `runs`; an eager apply or a
     # second compile would cost ~20 s here): the wiring checked is everything around it.
-    predict = seg._predictor(ckpt.module, ckpt.config)
+    predict = seg._predictor(ckpt.learner, ckpt.config)
     logits = predict(ckpt.params, frozen, batch)
     assert logits.shape == (1, S, S)
     w, h = TARGETS["t1.png"]
@@ -227,13 +228,33 @@ def test_annotation_maps():
     assert box.sum() == 1 and box[0, S - 1] == 1
     one = np.zeros((500, 1000), bool)
     one[250, 700] = True
-    pooled = seg.any_pool(one, S)
+    pooled = np.asarray(any_pool(one, (S, S)))
     assert pooled.sum() >= 1 and pooled[250 * S // 500, 700 * S // 1000] == 1
-    np.testing.assert_array_equal(seg.any_pool(np.eye(S, dtype=bool), S), np.eye(S))
+    np.testing.assert_array_equal(any_pool(np.eye(S, dtype=bool), (S, S)), np.eye(S))
     with pytest.raises(seg.SegmentError, match="outside"):
         seg.annotation_map(seg.Shot("r.png", "point", ((1000, 0),)), (500, 1000), S)
     with pytest.raises(seg.SegmentError, match="x0 < x1"):
         seg.annotation_map(seg.Shot("r.png", "box", (5, 0, 5, 9)), (500, 1000), S)
+
+
+def test_reference_mask_is_prepared_like_training_episodes(tmp_path):
+    """A --reference-mask reaches the learner exactly as a dataset mask reaches it in a
+    training episode (`jaxvrp.data.episodes.load_example`: PIL nearest to S x S)."""
+    from jaxvrp.data import episodes
+
+    rs = np.random.RandomState(7)
+    h, w = 93, 141  # neither a multiple of S nor square
+    label = np.zeros((h, w), np.uint8)
+    label[10:60, 20:90] = 3
+    label[rs.rand(h, w) < 0.05] = 3  # scattered single pixels, which nearest may drop
+    Image.fromarray(((label == 3) * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    got = seg.annotation_map(seg.Shot("r.png", "mask", tmp_path / "m.png"), (h, w), S)
+    rgb = rs.randint(0, 255, (h, w, 3)).astype(np.uint8)
+    source = [{"image": rgb, "mask": label[..., None]}]
+    _, want, _ = episodes.load_example(source, 0, 3, S)
+    assert got.dtype == want.dtype and got.shape == (S, S)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, any_pool(label == 3, (S, S)))  # the other rule differs here
 
 
 def test_overlay():

@@ -1,5 +1,6 @@
 """The trainer: exact resumption across processes, 1 vs 8 devices, logs, non-finite loss."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxvrp import train
-from jaxvrp.learners import vrp
+from jaxvrp.learners import registry, vrp
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
 
@@ -80,13 +81,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypa
     config.batch_size = 8  # the tests run on 8 simulated devices
     config.stop_after = 2
     train.train(config, workdir)
-    real = vrp.loss_fn
-
     def poisoned(*args, **kwargs):
-        loss, parts = real(*args, **kwargs)
+        loss, parts = vrp.loss_fn(*args, **kwargs)
         return loss * jnp.nan, parts
 
-    monkeypatch.setattr(vrp, "loss_fn", poisoned)
+    poisoned_learner = dataclasses.replace(vrp.LEARNER, loss_fn=poisoned)
+    monkeypatch.setitem(registry._LEARNERS, "vrp_sam", poisoned_learner)
     config.stop_after = 0
     with pytest.raises(train.NonFiniteLoss, match="at step 3.*last good checkpoint is step 2"):
         train.train(config, workdir)

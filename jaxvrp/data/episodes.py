@@ -39,7 +39,7 @@ from PIL import Image
 
 from jaxvrp.data import annotations
 from jaxvrp.data.schema import IGNORE
-from jaxvrp.image import normalized_image
+from jaxvrp.image import normalized_image, resized_mask
 
 _NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
@@ -113,18 +113,12 @@ def _decode(value: Any, mode: str) -> np.ndarray:
     return np.asarray(value)
 
 
-def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), resample))
-
-
 def load_example(source: Any, record: int, class_id: int, size: int):
     """(normalised image (S, S, 3), binary mask (S, S), ignore (S, S)) of one record."""
     r = source[record]
     image = normalized_image(_decode(r["image"], "RGB"), size)
     mask = _decode(r["mask"], "L")
-    mask = _resize(mask.reshape(mask.shape[:2]).astype(np.uint8), size, Image.NEAREST)
+    mask = resized_mask(mask.reshape(mask.shape[:2]), size)
     return image, (mask == class_id).astype(np.float32), mask == IGNORE
 
 

@@ -39,14 +39,15 @@ from jaxvrp import backbones
 from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.image import resize_bilinear, resize_nearest
+from jaxvrp.learners import frozen_sam, registry
 from jaxvrp.learners.attention import (
     CrossAttentionLayer,
     SelfAttentionLayer,
     sine_position_embedding,
 )
-from jaxvrp.learners import registry
 from jaxvrp.learners.losses import segmentation_loss
 from jaxvrp.learners.protocol import FrozenSpec, Learner
+from jaxvrp.masks import any_pool
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import model as sam_model
 from jaxvrp.sam.common import Embedding
@@ -177,16 +178,7 @@ def downsample_annotation(ann: jax.Array, size: tuple[int, int], method: str) ->
         return resize_nearest(ann[..., None], size)
 
     # "any": a cell is annotated when any input pixel of its adaptive-pooling window is
-    # (torch adaptive_max_pool2d windows [floor(i H / h), ceil((i + 1) H / h))).
-    def windows(n_in, n_out):
-        i = np.arange(n_out)
-        lo, hi = np.floor(i * n_in / n_out), np.ceil((i + 1) * n_in / n_out)
-        j = np.arange(n_in)
-        return jnp.asarray(((j >= lo[:, None]) & (j < hi[:, None])).astype(np.float32))
-
-    wh, ww = windows(ann.shape[1], size[0]), windows(ann.shape[2], size[1])
-    hits = jnp.einsum("yh,bhw,xw->byx", wh, (ann > 0).astype(jnp.float32), ww)
-    return (hits > 0).astype(jnp.float32)[..., None]
+    return any_pool(ann, size)[..., None]
 
 
 def pseudo_mask(
@@ -205,8 +197,7 @@ def pseudo_mask(
     den = jnp.linalg.norm(s, axis=-1)[:, :, None] * jnp.linalg.norm(q, axis=-1)[:, None, :]
     sim = (num / (den + eps)).max(axis=1)  # (B, hw)
     if minmax:  # paper, eq. 2
-        lo, hi = sim.min(axis=1, keepdims=True), sim.max(axis=1, keepdims=True)
-        sim = (sim - lo) / (hi - lo + eps)
+        sim = frozen_sam.minmax(sim, 1, eps)
     return sim.reshape(b, h, w, 1)
 
 
@@ -290,14 +281,9 @@ def encode_prompts(
 
 
 def sam_embeddings(sam_params: Params, query: jax.Array, config: VRPConfig) -> jax.Array:
-    """SAM image embeddings of ImageNet-normalised query images (B, H, W, 3).
-
-    As official `SAM2pred`: bilinear (align_corners=True) resize to SAM's input size; the
-    ImageNet normalisation of the dataset equals SAM's pixel normalisation.
-    """
-    s = config.sam.image_size
-    x = resize_bilinear(query, (s, s), align_corners=True)
-    return jax.lax.stop_gradient(sam_model.encode_image(sam_params, x, config=config.sam))
+    """SAM image embeddings of ImageNet-normalised query images (B, H, W, 3), as official
+    `SAM2pred` (`jaxvrp.learners.frozen_sam.image_embeddings`)."""
+    return frozen_sam.image_embeddings(sam_params, query, config.sam)
 
 
 def decode_with_prompts(
@@ -320,8 +306,7 @@ def decode_with_prompts(
 
 def query_embeddings(frozen: Params, batch: dict, config: VRPConfig) -> jax.Array:
     """The batch's cached `query_embedding`, else computed from `query_image`."""
-    emb = batch.get("query_embedding")
-    return sam_embeddings(frozen["sam"], batch["query_image"], config) if emb is None else emb
+    return frozen_sam.query_embeddings(frozen, batch, config.sam)
 
 
 def apply(

@@ -21,18 +21,12 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxvrp import params_io, trainer
+from jaxvrp import loop, params_io
 from jaxvrp.data import sam_examples
+from jaxvrp.loop import NonFiniteLoss
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import evaluate as sam_evaluate
 from jaxvrp.sam import model, training
-from jaxvrp.train import (
-    NonFiniteLoss,
-    checkpoint_manager,
-    initialize_distributed,
-    restore_latest,
-    run_steps,
-)
 
 
 def _define_flags() -> None:
@@ -75,7 +69,7 @@ def _step(state, batch, rng, *, sam, tconfig, optimizer):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    return trainer.TrainState(state.step + 1, params, opt_state), metrics
+    return loop.TrainState(state.step + 1, params, opt_state), metrics
 
 
 def _source(config):
@@ -94,14 +88,14 @@ def train(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.distributed:
-        initialize_distributed(config)
+        loop.initialize_distributed(config)
     lead = jax.process_index() == 0
-    trainer.check_batch_size(config.batch_size)
+    loop.check_batch_size(config.batch_size)
     tconfig = train_config(config)
     params, sam = initial_params(config)
     optimizer = make_optimizer(config, tconfig, params)
-    state = trainer.TrainState(np.int32(0), params, optimizer.init(params))
-    _, batch_sharding, replicated = trainer.mesh_and_shardings()
+    state = loop.TrainState(np.int32(0), params, optimizer.init(params))
+    _, batch_sharding, replicated = loop.mesh_and_shardings()
     data = sam_examples.dataset(
         _source(config),
         config.data,
@@ -111,20 +105,17 @@ def train(config, workdir: str | Path) -> dict:
         process_count=jax.process_count(),
     )
     iterator = iter(data)
-    mgr = checkpoint_manager(workdir, config)
-    state, start = restore_latest(mgr, state, iterator, workdir)
+    mgr = loop.checkpoint_manager(workdir, config)
+    state, start = loop.restore_latest(mgr, state, iterator, workdir)
     state = jax.device_put(state, replicated)
-    step_fn = jax.jit(
-        partial(_step, sam=sam, tconfig=tconfig, optimizer=optimizer),
-        in_shardings=(replicated, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
+    step_fn = loop.compile_step(
+        partial(_step, sam=sam, tconfig=tconfig, optimizer=optimizer), batch_sharding, replicated
     )
     rng = jax.random.key(config.seed + 1)
     total = int(config.total_steps)
     end = total if not config.stop_after else min(total, start + int(config.stop_after))
-    state, last = run_steps(
-        lambda st, b: step_fn(st, trainer.global_batch(b, batch_sharding), rng),
+    state, last = loop.run_steps(
+        lambda st, b: step_fn(st, loop.global_batch(b, batch_sharding), rng),
         state,
         iterator,
         mgr,

@@ -1,0 +1,1 @@
+"""ml-collections config files, one per trainable or evaluable thing (README.md here)."""

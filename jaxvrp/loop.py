@@ -1,0 +1,181 @@
+"""The one training loop, shared by the learner trainer (`jaxvrp.train`) and SAM's trainer
+(`jaxvrp.sam.train`): the device mesh, a jitted step over it, orbax checkpoints holding the
+train state and the data iterator, restore, the step loop with its logs, progress bar and
+non-finite stop. It knows nothing of learners, SAM or datasets.
+
+    mesh, batch_sharding, replicated = mesh_and_shardings()
+    step = compile_step(step_fn, batch_sharding, replicated)   # step_fn(state, batch, *rest)
+    mgr = checkpoint_manager(workdir, config)
+    state, start = restore_latest(mgr, state, iterator, workdir)
+    state, last = run_steps(lambda s, b: step(s, b, ...), state, iterator, mgr, workdir, ...)
+
+The same code runs on one CPU, a GPU box or a multi-host pod (each host feeds its share of
+the global batch; `initialize_distributed` joins the hosts).
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def mesh_and_shardings() -> tuple[jax.sharding.Mesh, NamedSharding, NamedSharding]:
+    """A 1-D "data" mesh over every device (all hosts); batch and replicated shardings."""
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int) -> None:
+    """The global batch is split evenly over every device of the mesh."""
+    if batch_size % jax.device_count():
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {jax.device_count()} "
+            "devices it is split over"
+        )
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's share of the batch -> global arrays sharded along "data"."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+    }
+
+
+def compile_step(step_fn, batch_sharding, replicated, num_replicated_args: int = 1):
+    """`jax.jit` of `step_fn(state, batch, *rest) -> (state, metrics)` over the mesh: the
+    batch sharded along "data", the state, `rest` (rng, frozen tree, ...) and the outputs
+    replicated, the state donated."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, batch_sharding, *([replicated] * num_replicated_args)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def initialize_distributed(config) -> None:
+    """`jax.distributed.initialize()`, with the config's explicit cluster when given."""
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs = dict(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    jax.distributed.initialize(**kwargs)
+
+
+def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
+    """Checkpoints under `workdir/checkpoints`, every `config.checkpoint_every` steps,
+    keeping `config.keep_checkpoints`."""
+    return ocp.CheckpointManager(
+        (Path(workdir) / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints,
+            save_interval_steps=config.checkpoint_every,
+            create=True,
+        ),
+    )
+
+
+def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: Path):
+    """(state, step) of the latest checkpoint, the data iterator restored in place; the
+    given state and step 0 when there is none."""
+    start = mgr.latest_step()
+    if start is None:
+        return state, 0
+    restored = mgr.restore(
+        start,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+        ),
+    )
+    logging.info("resumed from step %d in %s", start, workdir)
+    return restored["state"], start
+
+
+def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, tensorboard):
+    """Steps `start` .. `end` of `state, metrics = step(state, next(iterator))`: checkpoints
+    (state + iterator), `metrics.jsonl` every `config.log_every` steps (process 0; with
+    TensorBoard events if `tensorboard`), a progress bar, a stop on a non-finite loss.
+    Returns (state, last logged metrics)."""
+    workdir = Path(workdir)
+    lead = jax.process_index() == 0
+    log = open(workdir / "metrics.jsonl", "a") if lead else None
+    tb = None
+    if lead and tensorboard:
+        from tensorboardX import SummaryWriter
+
+        tb = SummaryWriter(str(workdir / "tensorboard"))
+    progress = _progress(start, end, enabled=lead)
+    last: dict = {}
+    t0, seen = time.perf_counter(), 0
+    try:
+        for i in range(start, end):
+            state, metrics = step(state, next(iterator))
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not math.isfinite(metrics["loss"]):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({metrics['loss']}) at step {i + 1}: stopping. The last "
+                    f"good checkpoint is step {mgr.latest_step()} in {workdir / 'checkpoints'}."
+                )
+            seen += config.batch_size
+            done = i + 1
+            mgr.save(
+                done,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(iterator),
+                ),
+                force=done == end,
+            )
+            if done % config.log_every == 0 or done == end:
+                now = time.perf_counter()
+                last = {"step": done, **metrics, "examples_per_s": seen / (now - t0)}
+                t0, seen = now, 0
+                if lead:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    for k, v in last.items():
+                        if tb is not None and k != "step":
+                            tb.add_scalar(k, v, done)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+    finally:
+        progress.close()
+        mgr.wait_until_finished()
+        if lead:
+            log.close()
+            if tb is not None:
+                tb.close()
+    return state, last
+
+
+def _progress(start: int, end: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=end, initial=start, disable=not enabled, desc="train", unit="step", file=sys.stderr
+    )
