@@ -83,3 +83,15 @@ def get_config(arg: str | None = None):
         c.data.image_size = 64
     c.lock()
     return c
+
+
+def sweep_correction_rounds(add):
+    """The SAM paper's interactive training: 0, 1, 2 or 4 error-point rounds per image."""
+    for rounds in (0, 1, 2, 4):
+        add(**{"train.correction_rounds": rounds})
+
+
+def sweep_trainable(add):
+    """What fine-tuning a converted SAM updates: the decoder alone, or with the prompts."""
+    for trainable in ("mask_decoder", "prompt_encoder,mask_decoder"):
+        add(**{"train.trainable": trainable})

@@ -94,8 +94,8 @@ def convert(arch: str, checkpoint: str | Path, out: str | Path, *, overwrite: bo
     return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m conversion.backbone", __doc__, "PyTorch state dict (.pth)")
+def main(argv: list[str] | None = None, prog: str = "python -m conversion.backbone") -> int:
+    parser = cli_parser(prog, __doc__, "PyTorch state dict (.pth)")
     parser.add_argument("--arch", required=True, choices=sorted(backbones.ARCHS))
     args = parser.parse_args(argv)
     return run_cli(lambda: convert(args.arch, args.checkpoint, args.out, overwrite=args.overwrite))

@@ -102,8 +102,8 @@ def convert(
     return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m conversion.sam", __doc__, "official SAM .pth state dict")
+def main(argv: list[str] | None = None, prog: str = "python -m conversion.sam") -> int:
+    parser = cli_parser(prog, __doc__, "official SAM .pth state dict")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="default: from shapes")
     args = parser.parse_args(argv)
     return run_cli(

@@ -135,8 +135,8 @@ def convert(
     return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m conversion.vrp_sam", __doc__, "official VRP-SAM state dict")
+def main(argv: list[str] | None = None, prog: str = "python -m conversion.vrp_sam") -> int:
+    parser = cli_parser(prog, __doc__, "official VRP-SAM state dict")
     parser.add_argument("--backbone", help="backbone arch (default: from the keys)")
     parser.add_argument("--sam", default="vit_h", help="SAM variant it was trained with")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
     jaxvrp --help
     jaxvrp segment --help        # or: python -m jaxvrp.cli segment --help
+    jaxvrp convert --help        # the converters of conversion/
 
 Commands are imported only when run, so `jaxvrp --help` and usage errors return at once.
 `main` returns the exit status: 0 on success, 2 on a usage error or a bad input.
@@ -19,6 +20,10 @@ COMMANDS = {
     "segment": (
         "jaxvrp.segment",
         "segment target images like annotated reference images, with a trained learner",
+    ),
+    "convert": (
+        "jaxvrp.convert",
+        "convert a PyTorch checkpoint (SAM, backbone, VRP-SAM, ...) for jaxvrp",
     ),
 }
 

@@ -81,6 +81,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypa
     config.batch_size = 8  # the tests run on 8 simulated devices
     config.stop_after = 2
     train.train(config, workdir)
+
     def poisoned(*args, **kwargs):
         loss, parts = vrp.loss_fn(*args, **kwargs)
         return loss * jnp.nan, parts
