@@ -63,6 +63,9 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.frozen.sam_checkpoint = ""  # conversion.sam output; empty = random (runlocal/tests)
     c.frozen.backbone_checkpoint = ""  # conversion.backbone output; empty = random
     c.frozen.seed = 0
+    # Random frozen weights (an empty checkpoint above) are refused unless allowed: nothing
+    # trained on them means anything. runlocal (and tests, benchmarks) allow them.
+    c.frozen.allow_random = runlocal
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = dataset

@@ -62,6 +62,8 @@ def evaluate(
     lconfig = learner.make_config(**config.model.to_dict())
     name = learner.title if name is None else name
     spec = learner.frozen(lconfig)
+    if frozen is None:
+        frozen_lib.check(config, spec)
     _, batch_sharding, replicated = loop.mesh_and_shardings()
     loop.check_batch_size(config.batch_size)
     if frozen is None:
@@ -168,6 +170,11 @@ def main(argv) -> None:
     if config.distributed:
         loop.initialize_distributed(config)
     learner = trainer.learner_of(config)
+    try:  # before restoring or compiling anything
+        frozen_lib.check(config, learner.frozen(learner.make_config(**config.model.to_dict())))
+    except frozen_lib.RandomWeightsError as e:
+        logging.error("%s", e)
+        sys.exit(2)
     params, name = None, learner.title
     if learner.trainable:
         checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"

@@ -2,9 +2,11 @@
 (`Learner.frozen(config)`, a `FrozenSpec`), from checkpoints or random.
 
 `config.frozen.sam_checkpoint` / `backbone_checkpoint` name directories written by
-`conversion.sam` / `conversion.backbone`. Empty means seeded random weights (the `runlocal`
-configs and tests); that is logged as a warning, since nothing trained that way means much.
-A backbone that is the SAM's own encoder ("sam_<variant>") takes the SAM's weights.
+`conversion.sam` / `conversion.backbone`. Empty means seeded random weights, which only
+`config.frozen.allow_random=True` permits (the `runlocal` configs, tests and benchmarks):
+otherwise `check` refuses the config, naming the flag to set, before anything is loaded or
+compiled. A backbone that is the SAM's own encoder ("sam_<variant>") takes the SAM's
+weights.
 """
 
 import jax
@@ -15,8 +17,40 @@ from jaxvrp import sam as sam_lib
 from jaxvrp.learners.protocol import FrozenSpec
 
 
+class RandomWeightsError(ValueError):
+    """A config would run on random frozen weights without `frozen.allow_random`."""
+
+
+def check(config, spec: FrozenSpec) -> None:
+    """Refuse a config whose needed frozen models have no checkpoint, unless
+    `config.frozen.allow_random`: the error names each flag to set."""
+    f = config.frozen
+    if f.get("allow_random", False):
+        return
+    missing = []
+    if spec.sam is not None and not f.sam_checkpoint:
+        sam = config.model.get("sam", "?")
+        missing.append(f"--config.frozen.sam_checkpoint=DIR (a SAM {sam!r}: `jaxvrp convert sam`)")
+    if spec.backbone is not None and not spec.backbone_is_sam_encoder:
+        if not f.backbone_checkpoint:
+            bb = config.model.get("backbone", "?")
+            missing.append(
+                f"--config.frozen.backbone_checkpoint=DIR (backbone {bb!r}: "
+                "`jaxvrp convert backbone`)"
+            )
+    if missing:
+        raise RandomWeightsError(
+            f"learner {config.learner!r} would run on RANDOM frozen weights: set "
+            + " and ".join(missing)
+            + "; or --config.frozen.allow_random=True to run on random weights on purpose "
+            "(benchmarks, tests)"
+        )
+
+
 def load(config, spec: FrozenSpec) -> dict:
-    """{"sam": params, "backbone": params}, only the keys `spec` needs, matching its shapes."""
+    """{"sam": params, "backbone": params}, only the keys `spec` needs, matching its shapes
+    (random ones only if `check` allows them)."""
+    check(config, spec)
     f = config.frozen
     k_sam, k_bb = jax.random.split(jax.random.key(f.seed))
     out = {}

@@ -88,13 +88,21 @@ def initialize_distributed(config) -> None:
 
 def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
     """Checkpoints under `workdir/checkpoints`, every `config.checkpoint_every` steps,
-    keeping `config.keep_checkpoints`."""
+    keeping `config.keep_checkpoints`.
+
+    Saves are synchronous: `save` returns once the checkpoint is complete on disk, so a run
+    killed at any moment (SIGKILL, pre-emption) resumes from its latest checkpoint step. With
+    orbax's default asynchronous saves, a kill shortly after a save lost that checkpoint
+    (it was never finalised) and the run went back to an earlier one. The learners' train
+    states are small (tens of MB), so waiting costs little.
+    """
     return ocp.CheckpointManager(
         (Path(workdir) / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints,
             save_interval_steps=config.checkpoint_every,
             create=True,
+            enable_async_checkpointing=False,
         ),
     )
 
@@ -123,12 +131,16 @@ def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, 
     Returns (state, last logged metrics)."""
     workdir = Path(workdir)
     lead = jax.process_index() == 0
-    log = open(workdir / "metrics.jsonl", "a") if lead else None
+    log = None
+    if lead:
+        truncate_log(workdir / "metrics.jsonl", start)
+        log = open(workdir / "metrics.jsonl", "a")
     tb = None
     if lead and tensorboard:
         from tensorboardX import SummaryWriter
 
-        tb = SummaryWriter(str(workdir / "tensorboard"))
+        # events of the steps after `start` (replayed now) are purged from the log
+        tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
     progress = _progress(start, end, enabled=lead)
     last: dict = {}
     t0, seen = time.perf_counter(), 0
@@ -136,9 +148,11 @@ def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, 
         for i in range(start, end):
             state, metrics = step(state, next(iterator))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                what = "loss" if "loss" in bad else bad[0]  # e.g. ProSAM's sigma statistics
                 raise NonFiniteLoss(
-                    f"non-finite loss ({metrics['loss']}) at step {i + 1}: stopping. The last "
+                    f"non-finite {what} ({metrics[what]}) at step {i + 1}: stopping. The last "
                     f"good checkpoint is step {mgr.latest_step()} in {workdir / 'checkpoints'}."
                 )
             seen += config.batch_size
@@ -171,6 +185,26 @@ def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, 
             if tb is not None:
                 tb.close()
     return state, last
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the lines of a `metrics.jsonl` whose step is after `step` (a resumed run replays
+    them), atomically, so every step appears once."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill mid-write
+            continue
+        if logged <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
 
 def _progress(start: int, end: int, enabled: bool):

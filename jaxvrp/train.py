@@ -43,11 +43,12 @@ def train(config, workdir: str | Path) -> dict:
     if not learner.trainable:
         logging.info("%s is training-free: nothing to train", learner.name)
         return {}
+    lconfig = learner.make_config(**config.model.to_dict())
+    frozen_lib.check(config, learner.frozen(lconfig))  # before any data, load or compile
     workdir.mkdir(parents=True, exist_ok=True)
     if config.distributed:
         loop.initialize_distributed(config)
     lead = jax.process_index() == 0
-    lconfig = learner.make_config(**config.model.to_dict())
     _, batch_sharding, replicated = loop.mesh_and_shardings()
     loop.check_batch_size(config.batch_size)
     total = int(config.total_steps)
@@ -165,6 +166,9 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required to train")
     try:
         train(flags.FLAGS.config, flags.FLAGS.workdir)
+    except frozen_lib.RandomWeightsError as e:
+        logging.error("%s", e)
+        sys.exit(2)
     except NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(3)

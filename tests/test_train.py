@@ -3,8 +3,10 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,57 @@ def test_resume_in_a_new_process_is_bitwise_identical(runs):
     np.testing.assert_array_equal(resumed["losses"], straight["losses"])  # 3 + 3 logged
 
 
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
+    """SIGKILL at step 6 (not a checkpoint step; checkpoints every 4), then a new process in
+    the same workdir: the same params as an uninterrupted run, bitwise, and each step logged
+    (metrics.jsonl) exactly once."""
+    common = [f"data.data_dir={tmp_path / 'tfds'}", "epochs=1", "steps_per_epoch=10"]
+    common.append("checkpoint_every=4")
+    straight = _run(tmp_path, "straight", 1, *common)
+    work = tmp_path / "killed"
+    env = dict(os.environ, TRAIN_RUNNER_HANG_AFTER="6")
+    cmd = [sys.executable, RUNNER, str(work), str(tmp_path / "k.npz"), "1", *common]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            if (work / "HANGING").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert (work / "HANGING").exists(), "the run never reached step 6"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert train.checkpoint_manager(work, _ckpt_options()).latest_step() == 4
+    resumed = _run(tmp_path, "killed", 1, *common)
+    steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
+    assert steps == list(range(1, 11))
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+def _ckpt_options():
+    from configs import vrp_sam
+
+    config = vrp_sam.get_config("runlocal")
+    config.checkpoint_every = 4
+    return config
+
+
+def test_truncate_log_keeps_steps_up_to_the_restored_one(tmp_path):
+    from jaxvrp import loop
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)))
+    log.write_text(log.read_text() + '{"step": 7, "lo')  # cut by a kill mid-write
+    loop.truncate_log(log, 4)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4]
+    loop.truncate_log(log, 0)
+    assert log.read_text() == ""
+
+
 def test_one_and_eight_devices_give_the_same_losses(runs):
     one, eight = runs[3]
     assert len(one["losses"]) == len(eight["losses"]) == 3
@@ -92,6 +145,40 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypa
     with pytest.raises(train.NonFiniteLoss, match="at step 3.*last good checkpoint is step 2"):
         train.train(config, workdir)
     assert train.checkpoint_manager(workdir, config).latest_step() == 2
+
+
+def test_a_non_finite_metric_stops_like_a_non_finite_loss(tmp_path):
+    """e.g. ProSAM's sigma statistics: a finite loss with an infinite sigma_max stops."""
+    from jaxvrp import loop
+
+    class Manager:  # the part of orbax's CheckpointManager run_steps uses
+        def latest_step(self):
+            return 1
+
+        def save(self, *args, **kwargs):
+            pass
+
+        def wait_until_finished(self):
+            pass
+
+    def step(state, batch):
+        bad = state >= 1
+        return state + 1, {"loss": 1.0, "sigma_max": float("inf") if bad else 2.0}
+
+    config = type("C", (), {"batch_size": 1, "log_every": 1})()
+    with pytest.raises(train.NonFiniteLoss, match="non-finite sigma_max.*at step 2"):
+        loop.run_steps(
+            step,
+            0,
+            iter(range(9)),
+            Manager(),
+            tmp_path,
+            start=0,
+            end=5,
+            config=config,
+            tensorboard=False,
+        )
+    assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")] == [1]
 
 
 def test_evaluate_a_trained_checkpoint(runs):

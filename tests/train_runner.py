@@ -3,7 +3,8 @@
     python tests/train_runner.py WORKDIR OUT.npz DEVICES [key=value ...]
 
 Uses configs/vrp_sam.py:runlocal with the overrides, on DEVICES simulated CPU devices, and
-saves the final params (flattened) and the logged losses.
+saves the final params (flattened) and the logged losses. With TRAIN_RUNNER_HANG_AFTER=N it
+stops after logging step N and waits (10 minutes) to be killed.
 """
 
 import json
@@ -26,6 +27,27 @@ from jaxvrp import train  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 if "distributed=True" in overrides:  # several processes on this machine: CPU collectives
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+hang_after = int(os.environ.get("TRAIN_RUNNER_HANG_AFTER", "0"))
+if hang_after:  # after step N is logged, wait to be killed (the kill/resume test)
+    import time
+
+    from jaxvrp import loop
+
+    run_steps = loop.run_steps
+
+    def hanging_run_steps(step, *args, **kwargs):
+        calls = [kwargs["start"]]
+
+        def wrapped(state, batch):
+            if calls[0] == hang_after:
+                open(os.path.join(workdir, "HANGING"), "w").close()
+                time.sleep(600)
+            calls[0] += 1
+            return step(state, batch)
+
+        return run_steps(wrapped, *args, **kwargs)
+
+    loop.run_steps = hanging_run_steps
 config = vrp_sam.get_config("runlocal")
 for item in overrides:
     key, value = item.split("=", 1)

@@ -29,6 +29,7 @@ arrays:
 
 import dataclasses
 import io
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -61,16 +62,23 @@ class EpisodeConfig:
             raise ValueError(f"shots must be >= 1, got {self.shots}")
 
 
+def is_built(name: str, data_dir: str) -> bool:
+    """Whether `data_dir` holds a finished TFDS build of `name` (its `dataset_info.json`,
+    which TFDS writes last)."""
+    root = Path(data_dir) / name
+    return root.is_dir() and any(root.glob("**/dataset_info.json"))
+
+
 def open_source(name: str, split: str, data_dir: str, *, images: bool = True) -> Any:
-    """A random-access TFDS ArrayRecord source of a built dataset (no TensorFlow)."""
-    try:
-        return tfds.data_source(
-            name, split=split, data_dir=data_dir, decoders=None if images else _NO_IMAGES
-        )
-    except Exception as e:  # TFDS raises several types for a missing build
-        raise FileNotFoundError(
-            f"dataset {name!r} split {split!r} is not built under {data_dir}: {e}"
-        ) from e
+    """A random-access TFDS ArrayRecord source of a built dataset (no TensorFlow).
+
+    A missing build is a `FileNotFoundError` saying so; any other error (an unknown split, a
+    corrupt build, a TFDS bug) surfaces as itself."""
+    if not is_built(name, data_dir):
+        raise FileNotFoundError(f"dataset {name!r} is not built under {data_dir}")
+    return tfds.data_source(
+        name, split=split, data_dir=data_dir, decoders=None if images else _NO_IMAGES
+    )
 
 
 @dataclasses.dataclass(frozen=True)

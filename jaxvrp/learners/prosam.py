@@ -42,6 +42,10 @@ class ProSAMConfig:
     # an image ("image": one chi^2 draw shared by an image's prompt set).
     n_per: str = "prompt"
     inference: str = "mean"  # one of INFERENCE (Table 8)
+    # log sigma is clamped to this range (ours; the paper has no clamp): a diverging
+    # sigma head cannot overflow exp(), and training reports sigma's statistics
+    log_sigma_min: float = -10.0
+    log_sigma_max: float = 10.0
 
 
 def make_config(
@@ -58,6 +62,11 @@ def make_config(
         raise ValueError(f"n_per must be 'prompt' or 'image', got {config.n_per!r}")
     if config.inference not in INFERENCE:
         raise ValueError(f"inference must be one of {INFERENCE}, got {config.inference!r}")
+    if not config.log_sigma_min < config.log_sigma_max:
+        raise ValueError(
+            f"log_sigma_min {config.log_sigma_min} must be below log_sigma_max "
+            f"{config.log_sigma_max}"
+        )
     return config
 
 
@@ -71,7 +80,8 @@ class ProSAMEncoder(nn.Module):
         c = h.shape[-1]
         mu = nn.Dense(c, name="mu_head")(h)
         log_sigma = nn.Dense(c, name="log_sigma_head")(h)
-        return mu, jnp.exp(log_sigma)
+        cfg = self.config
+        return mu, jnp.exp(jnp.clip(log_sigma, cfg.log_sigma_min, cfg.log_sigma_max))
 
 
 def sample_prompts(
@@ -138,7 +148,8 @@ def loss_fn(
     train: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean over K samples of BCE + Dice (eq. 10): a `jax.vmap` over K sample keys of a
-    single-sample sample -> decode -> loss; the SAM image embedding is computed once."""
+    single-sample sample -> decode -> loss; the SAM image embedding is computed once.
+    Metrics: bce, dice, and sigma's mean / min / max over the batch's prompts."""
     r_drop, r_sample = jax.random.split(rng)
     mu, sigma = encode_distribution(params, frozen, batch, config=config, train=train, rng=r_drop)
     emb = vrp.query_embeddings(frozen, batch, config.vrp)
@@ -150,7 +161,9 @@ def loss_fn(
         return segmentation_loss(logits, batch["query_mask"], batch.get("query_ignore"))
 
     losses, parts = jax.vmap(one_sample)(jax.random.split(r_sample, config.num_samples))
-    return losses.mean(), {k: v.mean() for k, v in parts.items()}
+    health = {"sigma_mean": sigma.mean(), "sigma_min": sigma.min(), "sigma_max": sigma.max()}
+    # a non-finite sigma statistic stops training like a non-finite loss (jaxvrp.loop)
+    return losses.mean(), {**{k: v.mean() for k, v in parts.items()}, **health}
 
 
 def apply(

@@ -231,6 +231,22 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog):
     assert info.metadata["skipped"] == skipped
 
 
+def test_a_bug_stops_the_build_instead_of_skipping_files(tmp_path, monkeypatch):
+    """Only what a bad file raises is skipped; an exception of another kind is a bug."""
+    tree = fake_trees.make_pascal(tmp_path / "pascal")
+    real = common.read_image
+
+    def buggy(path):
+        if "2010_000002" in str(path):
+            raise TypeError("a bug in the reader")
+        return real(path)
+
+    monkeypatch.setattr(common, "read_image", buggy)
+    with pytest.raises(TypeError, match="a bug in the reader"):
+        build("pascal5i", manual_dir=tree.root, data_dir=tmp_path / "tfds")
+    _assert_nothing_prepared("pascal5i", tmp_path / "tfds")
+
+
 def test_mask_size_and_values_checked(tmp_path):
     tree = fake_trees.make_perseg(tmp_path / "perseg")
     fake_trees.write_png(tree.root / "Annotations" / "can" / "00.png", np.zeros((10, 10)))

@@ -165,3 +165,27 @@ def test_inference_strategies(setup):
         )
     with pytest.raises(ValueError, match="inference must be one of"):
         prosam.make_config(BACKBONE, SAM, inference="median")
+
+
+def test_sigma_statistics_are_reported_and_log_sigma_is_clamped(setup):
+    config, params, frozen = setup
+    batch = make_batch(seed=3)
+    _, parts = prosam.loss_fn(params, frozen, batch, config=config, rng=jax.random.key(0))
+    _, sigma = prosam.encode_distribution(
+        params, frozen, batch, config=config, train=False, rng=None
+    )
+    assert {"bce", "dice", "sigma_mean", "sigma_min", "sigma_max"} <= set(parts)
+    # the loss's sigma is the training-mode one (dropout): compare the eval-mode statistics
+    _, eval_parts = prosam.loss_fn(
+        params, frozen, batch, config=config, rng=jax.random.key(0), train=False
+    )
+    assert float(eval_parts["sigma_min"]) == pytest.approx(float(sigma.min()), rel=1e-6)
+    assert float(eval_parts["sigma_max"]) == pytest.approx(float(sigma.max()), rel=1e-6)
+    assert float(eval_parts["sigma_mean"]) == pytest.approx(float(sigma.mean()), rel=1e-5)
+    huge = jax.tree.map(lambda x: x, params)
+    huge["log_sigma_head"] = {**params["log_sigma_head"]}
+    huge["log_sigma_head"]["bias"] = jnp.full_like(params["log_sigma_head"]["bias"], 1e4)
+    _, parts = prosam.loss_fn(huge, frozen, batch, config=config, rng=jax.random.key(0))
+    assert float(parts["sigma_max"]) == pytest.approx(np.exp(config.log_sigma_max), rel=1e-5)
+    with pytest.raises(ValueError, match="log_sigma_min"):
+        prosam.make_config(BACKBONE, SAM, log_sigma_min=3.0, log_sigma_max=1.0)

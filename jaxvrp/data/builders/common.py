@@ -36,6 +36,8 @@ import abc
 import dataclasses
 import io
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -50,6 +52,19 @@ PathLike = str | os.PathLike
 
 # Shown in the log; the full list is in info.metadata.
 _LOG_MAX_ENTRIES = 50
+# What one bad file raises (missing, unreadable, truncated or corrupt image, a mask of the
+# wrong size or values, a bad annotation entry): the file is skipped and counted. Anything
+# else (TypeError, AttributeError, NameError, ...) is a bug and stops the build.
+BAD_FILE_ERRORS = (
+    OSError,  # missing / unreadable files, PIL's UnidentifiedImageError, truncated images
+    ValueError,  # wrong mask shape or values, bad annotations, UnicodeDecodeError
+    SyntaxError,  # PIL on some corrupt headers
+    EOFError,
+    KeyError,  # an annotation entry without a field
+    Image.DecompressionBombError,
+    zlib.error,
+    struct.error,
+)
 
 
 def _layout_message(dataset: str, layout: str) -> str:
@@ -326,9 +341,9 @@ class FewShotBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         f"mask values {bad.tolist()[:10]} are not class ids 0..{num_classes}"
                         f" or {schema.IGNORE}"
                     )
-            except Exception as e:  # noqa: BLE001 - a bad file must never stop a long build
+            except BAD_FILE_ERRORS as e:  # a bad file must never stop a long build ...
                 skipped.add(cand.source or cand.image_path, e)
-                continue
+                continue  # ... but any other exception is a bug, and stops it
             record = schema.record(image, mask, cand.image_id)
             if not record["classes"]:
                 empty.append(cand.image_id)
