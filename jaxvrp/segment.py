@@ -1,6 +1,6 @@
 """`jaxvrp segment`: segment target images like one or a few annotated reference images.
 
-    jaxvrp segment --learner DIR [--sam DIR] \\
+    jaxvrp segment (--learner DIR | --method NAME [--option KEY=VALUE ...]) [--sam DIR] \\
         --reference IMG (--reference-mask PNG | --points "x,y;x,y" | --box x0,y0,x1,y1 |
                          --scribble PNG) \\
         [--reference IMG (...) ...] --targets DIR_OR_GLOB --out DIR
@@ -9,7 +9,14 @@ Every `--reference` is one shot (K references: a K-shot prompt) and must be foll
 exactly one annotation option, which belongs to it. `--learner` is a learner checkpoint
 (`jaxvrp.learners.checkpoint`, written by `jaxvrp.train`), `--sam` the SAM checkpoint it
 prompts (`jaxvrp.sam.load`; by default the embedded SAM, `jaxvrp.assets.default_sam_dir()`),
-which must have the architecture the learner was trained with. For every target image
+which must have the architecture the learner was trained with. `--method NAME` runs a
+training-free learner of the registry instead (e.g. `gp_sam`), with nothing but the SAM:
+`--option KEY=VALUE` (repeatable; values read as JSON, else as text) are its `make_config`
+arguments; `sam` defaults to the `--sam` checkpoint's variant and `backbone`, if the method
+takes one, to that SAM's own encoder (`sam_<variant>`), or to the architecture of
+`--backbone DIR` (a `jaxvrp convert backbone` checkpoint); images are brought to
+`--image-size` (default: the SAM's input size). A method that reads the target's ground
+truth (the oracle box) cannot segment new images and is refused. For every target image
 `<stem>.<ext>`, `--out` receives `<stem>_mask.png` (mode "L", 0 / 255, the target's size) and
 `<stem>_overlay.png` (the target with the mask tinted red at 50 % and its boundary outlined
 in opaque red, 1 px).
@@ -61,6 +68,8 @@ import argparse
 import dataclasses
 import functools
 import glob
+import inspect
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -72,11 +81,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from jaxvrp import assets, params_io
+from jaxvrp import assets, backbones, params_io
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
 from jaxvrp.image import normalized_image, resize_bilinear, resized_mask
-from jaxvrp.learners import checkpoint
+from jaxvrp.learners import checkpoint, registry
 from jaxvrp.masks import any_pool, erode
 
 PROG = "jaxvrp segment"
@@ -257,6 +266,93 @@ def load_learner(learner_dir: str | os.PathLike) -> checkpoint.LearnerCheckpoint
         raise SegmentError(f"--learner {learner_dir}: not a usable learner checkpoint: {e}") from e
 
 
+def sam_variant(config) -> str | None:
+    """The name of the `jaxvrp.sam.VARIANTS` entry with `config`'s architecture."""
+    for name, v in sam_lib.VARIANTS.items():
+        if v.architecture() == config.architecture():
+            return name
+    return None
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_method(
+    method: str,
+    options: Sequence[str],
+    sam_dir,
+    backbone_dir=None,
+    image_size: int | None = None,
+) -> checkpoint.LearnerCheckpoint:
+    """A training-free learner as a `LearnerCheckpoint` (empty params), configured from
+    `--option`s, the SAM checkpoint and `--backbone`."""
+    try:
+        learner = registry.get(method)
+    except (ValueError, ImportError) as e:
+        raise SegmentError(f"--method: {e}") from e
+    if learner.trainable:
+        raise SegmentError(
+            f"--method {method}: {learner.title} is trained; train it (python -m jaxvrp.train) "
+            "and pass --learner DIR with its checkpoint"
+        )
+    model = {}
+    for item in options:
+        if "=" not in item:
+            raise SegmentError(f"--option {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        model[key.strip()] = _option_value(value)
+    takes = inspect.signature(learner.make_config).parameters
+    sam_params, sam_config = _read_sam(sam_dir)
+    variant = sam_variant(sam_config)
+    if "sam" in takes and "sam" not in model:
+        if variant is None:
+            raise SegmentError(
+                f"--sam {sam_dir}: its architecture is none of jaxvrp.sam.VARIANTS; "
+                "pass --option sam=VARIANT"
+            )
+        model["sam"] = variant
+    backbone = None
+    if backbone_dir is not None:
+        try:
+            backbone = backbones.load(str(backbone_dir))
+        except (params_io.CheckpointError, ValueError, KeyError, OSError) as e:
+            raise SegmentError(f"--backbone {backbone_dir}: not a backbone checkpoint: {e}") from e
+    if "backbone" in takes and "backbone" not in model:
+        if backbone is not None:
+            arch = [a for a in backbones.ARCHS if backbones.get_config(a) == backbone[1]]
+            if not arch:
+                raise SegmentError(f"--backbone {backbone_dir}: pass --option backbone=ARCH")
+            model["backbone"] = arch[0]
+        else:
+            model["backbone"] = f"sam_{variant}"
+    try:
+        config = learner.make_config(**model)
+    except (TypeError, ValueError) as e:
+        raise SegmentError(f"--method {method} --option ...: {e}") from e
+    spec = learner.frozen(config)
+    if spec.backbone is not None and not spec.backbone_is_sam_encoder:
+        if backbone is None:
+            raise SegmentError(
+                f"--method {method} reads backbone {model.get('backbone')!r}: pass --backbone "
+                "DIR (jaxvrp convert backbone)"
+            )
+        if backbone[1] != spec.backbone:
+            raise SegmentError(f"--backbone {backbone_dir} is not {model.get('backbone')!r}")
+    size = image_size or (spec.sam.image_size if spec.sam is not None else 512)
+    return checkpoint.LearnerCheckpoint(
+        learner=learner,
+        config=config,
+        params=learner.init(jax.random.key(0), config),
+        backbone_params=None if backbone is None else backbone[0],
+        image_size=int(size),
+        metadata={"kind": learner.name, "config": model},
+    )
+
+
 def _sam_summary(d: dict) -> str:
     return (
         f"encoder {d['encoder_embed_dim']} wide, {d['encoder_depth']} deep, "
@@ -284,21 +380,36 @@ def load_frozen(sam_dir, ckpt: checkpoint.LearnerCheckpoint, learner_dir) -> dic
     return out
 
 
-def _load_sam(sam_dir, want_config, ckpt: checkpoint.LearnerCheckpoint, learner_dir):
-    if sam_dir is None:
-        try:
-            sam_dir = assets.default_sam_dir()
-        except FileNotFoundError as e:
-            raise SegmentError(f"--sam not given and {e}; pass --sam DIR") from e
-        hint = " (the embedded default SAM; pass --sam with the SAM the learner was trained with)"
-    else:
-        hint = ""
+def _sam_dir(sam_dir):
+    if sam_dir is not None:
+        return sam_dir
+    try:
+        return assets.default_sam_dir()
+    except FileNotFoundError as e:
+        raise SegmentError(f"--sam not given and {e}; pass --sam DIR") from e
+
+
+@functools.cache
+def _read_sam_cached(sam_dir: str):
     if not Path(sam_dir).is_dir():
         raise SegmentError(f"--sam: no such directory: {sam_dir}")
     try:
-        sam_params, sam_config = sam_lib.load(sam_dir)
+        return sam_lib.load(sam_dir)
     except (params_io.CheckpointError, ValueError, KeyError, TypeError, OSError) as e:
         raise SegmentError(f"--sam {sam_dir}: not a usable SAM checkpoint: {e}") from e
+
+
+def _read_sam(sam_dir):
+    """(params, config) of `sam_dir` (None: the embedded SAM), read once per run."""
+    return _read_sam_cached(str(Path(_sam_dir(sam_dir)).absolute()))
+
+
+def _load_sam(sam_dir, want_config, ckpt: checkpoint.LearnerCheckpoint, learner_dir):
+    hint = ""
+    if sam_dir is None:
+        hint = " (the embedded default SAM; pass --sam with the SAM the learner was trained with)"
+    sam_dir = _sam_dir(sam_dir)
+    sam_params, sam_config = _read_sam(sam_dir)
     have, want = sam_config.architecture(), want_config.architecture()
     if have != want:
         diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in sorted(have) if have[k] != want[k])
@@ -324,6 +435,29 @@ def _predictor(learner, config):
     return jax.jit(predict)
 
 
+def _check_inputs(ckpt, frozen, support_images, support_annotations) -> None:
+    """Trace the learner on the segment batch (no compute): a learner that reads something
+    a new image does not have (the ground truth, extra batch keys) is refused by name."""
+    s = support_images.shape[2]
+    batch = {
+        "query_image": jax.ShapeDtypeStruct((1, s, s, 3), np.float32),
+        "support_images": jax.ShapeDtypeStruct(support_images.shape, np.float32),
+        "support_annotations": jax.ShapeDtypeStruct(support_annotations.shape, np.float32),
+    }
+    try:
+        jax.eval_shape(
+            lambda p, f, b: ckpt.learner.apply(p, f, b, config=ckpt.config),
+            ckpt.params,
+            frozen,
+            batch,
+        )
+    except KeyError as e:
+        raise SegmentError(
+            f"{ckpt.learner.title} reads {e} of the target, which a new image does not have; "
+            "it cannot segment new images"
+        ) from e
+
+
 def _write_png(array: np.ndarray, path: Path) -> None:
     """Write atomically: a hidden temporary file in the same directory, then a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -339,16 +473,24 @@ def _write_png(array: np.ndarray, path: Path) -> None:
 
 
 def segment(
-    learner_dir: str | os.PathLike,
+    learner_dir: str | os.PathLike | None,
     sam_dir: str | os.PathLike | None,
     shots: Sequence[Shot],
     targets: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
+    method: str | None = None,
+    options: Sequence[str] = (),
+    backbone_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
     progress: bool = True,
 ) -> list[tuple[Path, Path]]:
-    """Segment every target like the annotated references; (mask, overlay) paths written
-    per target, in target order. Everything is validated before anything is written."""
+    """Segment every target like the annotated references, with the trained learner of
+    `learner_dir` or the training-free `method`; (mask, overlay) paths written per target,
+    in target order. Everything is validated before anything is written."""
+    if (learner_dir is None) == (method is None):
+        raise SegmentError("give exactly one of --learner DIR and --method NAME")
+    _read_sam_cached.cache_clear()  # the SAM is read once per call, never across calls
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SegmentError(f"--out: {out} exists and is not a directory")
@@ -363,7 +505,11 @@ def segment(
             raise SegmentError(f"{OPTIONS[shot.kind]}: no such file: {shot.value}")
     paths = find_targets(targets)
 
-    ckpt = load_learner(learner_dir)
+    if method is not None:
+        ckpt = load_method(method, options, sam_dir, backbone_dir, image_size)
+        learner_dir = f"--method {method}"
+    else:
+        ckpt = load_learner(learner_dir)
     frozen = load_frozen(sam_dir, ckpt, learner_dir)
     size = ckpt.image_size
     images, anns = [], []
@@ -373,6 +519,8 @@ def segment(
         images.append(normalized_image(rgb, size))
     for p in paths:  # decode every target now, so that a bad one stops the run before output
         read_rgb(p, "--targets")
+    _read_sam_cached.cache_clear()  # `frozen` holds what is needed
+    _check_inputs(ckpt, frozen, np.stack(images)[None], np.stack(anns)[None])
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +624,24 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.set_defaults(shots=None)
-    parser.add_argument("--learner", required=True, metavar="DIR", help="learner checkpoint")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--learner", metavar="DIR", help="a trained learner's checkpoint")
+    which.add_argument(
+        "--method",
+        metavar="NAME",
+        help="a training-free learner instead (e.g. gp_sam): needs only the SAM",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='an option of --method\'s config (repeatable; JSON values, e.g. mode="box")',
+    )
+    parser.add_argument("--backbone", metavar="DIR", help="backbone checkpoint for --method")
+    parser.add_argument(
+        "--image-size", type=int, metavar="S", help="--method's input side (default: SAM's)"
+    )
     parser.add_argument(
         "--sam",
         metavar="DIR",
@@ -550,7 +715,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # usage error (2) or --help (0)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        written = segment(args.learner, args.sam, shots, args.targets, args.out)
+        written = segment(
+            args.learner,
+            args.sam,
+            shots,
+            args.targets,
+            args.out,
+            method=args.method,
+            options=args.option,
+            backbone_dir=args.backbone,
+            image_size=args.image_size,
+        )
     except SegmentError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from PIL import Image
 from jaxvrp import backbones, cli, params_io
 from jaxvrp import sam as sam_lib
 from jaxvrp import segment as seg
-from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, resize_bilinear
+from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD, normalized_image, resize_bilinear
 from jaxvrp.learners import checkpoint, prosam, vrp
 from jaxvrp.masks import any_pool
 
@@ -338,6 +338,57 @@ def test_colliding_stems(files, tmp_path, capsys):
     assert cli.main(_a_args(files, out, targets)) == 2
     assert "same name stem" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_training_free_method_needs_only_the_sam(files, tmp_path, capsys):
+    """--method gp_sam: configured from the SAM checkpoint and --option, it gives exactly
+    the registered learner's prediction; the oracle box (reads the ground truth) and a
+    trained learner are refused before anything is written."""
+    from jaxvrp import baselines
+
+    r = files / "refs"
+    args = [
+        "segment", "--method", "gp_sam", "--option", 'mode="box"', "--option", "num_points=3",
+        "--sam", str(files / "sam"), "--reference", str(r / "a.png"),
+        "--reference-mask", str(r / "a_mask.png"), "--targets", str(files / "targets" / "t1.png"),
+    ]  # fmt: skip
+    assert cli.main([*args, "--out", str(tmp_path / "gp")]) == 0
+    config = baselines.make_gp_sam_config("sam_tiny_128", "tiny_128", mode="box", num_points=3)
+    sam_params, _ = sam_lib.load(files / "sam")
+    frozen = {"sam": sam_params, "backbone": sam_params["image_encoder"]}
+    s = 128  # the SAM's input size: --method's default image size
+    with Image.open(r / "a_mask.png") as m:
+        ann = (np.asarray(m.resize((s, s), Image.NEAREST)) > 0).astype(np.float32)
+
+    def image(path):
+        with Image.open(path) as im:
+            return normalized_image(np.asarray(im.convert("RGB")), s)
+
+    batch = {
+        "query_image": image(files / "targets" / "t1.png")[None],
+        "support_images": image(r / "a.png")[None, None],
+        "support_annotations": ann[None, None],
+    }
+    logits = baselines.gp_sam({}, frozen, batch, config=config, rng=jax.random.key(0))
+    w, h = TARGETS["t1.png"]
+    up = np.asarray(resize_bilinear(logits[0], (h, w), channels_last=False))
+    with Image.open(tmp_path / "gp" / "t1_mask.png") as m:
+        written = np.asarray(m) > 0
+    sure = np.abs(up) > 1e-4
+    assert sure.mean() > 0.9
+    np.testing.assert_array_equal(written[sure], up[sure] > 0)
+
+    capsys.readouterr()
+    oracle = [a if a != "gp_sam" else "oracle_box" for a in args[:3]] + args[7:]
+    assert cli.main([*oracle, "--out", str(tmp_path / "o")]) == 2
+    assert "reads 'query_mask' of the target" in capsys.readouterr().err
+    trained = [a if a != "gp_sam" else "vrp_sam" for a in args[:3]] + args[7:]
+    assert cli.main([*trained, "--out", str(tmp_path / "v")]) == 2
+    assert "pass --learner DIR" in capsys.readouterr().err
+    bad = [*args[:3], "--option", "mode=3", *args[7:]]
+    assert cli.main([*bad, "--out", str(tmp_path / "b")]) == 2
+    assert "mode" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in ("o", "v", "b"))
 
 
 def test_cli_dispatch(capsys):

@@ -44,7 +44,7 @@ class ProSAMConfig:
     inference: str = "mean"  # one of INFERENCE (Table 8)
     # log sigma is clamped to this range (ours; the paper has no clamp): a diverging
     # sigma head cannot overflow exp(), and training reports sigma's statistics
-    log_sigma_min: float = -10.0
+    log_sigma_min: float = -20.0
     log_sigma_max: float = 10.0
 
 

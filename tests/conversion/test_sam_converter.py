@@ -145,3 +145,27 @@ def test_full_size_key_map_and_shapes(variant):
         key = torch_key(path)
         moved = TRANSFORMS[sam_conversion.transform_of(key)](np.broadcast_to(0.0, official[key]))
         assert moved.shape == leaf.shape, key
+
+
+def test_jaxvrp_convert_is_the_same_converter(tmp_path, state_dict, capsys):
+    """`jaxvrp convert sam` (installed users) writes what `python -m conversion.sam` writes,
+    and refuses bad input the same way."""
+    from jaxvrp import cli
+
+    src = _save(tmp_path, state_dict)
+    assert cli.main(["convert", "sam", "--checkpoint", str(src), "--out", str(tmp_path / "a")]) == 0
+    assert sam_conversion.main(["--checkpoint", str(src), "--out", str(tmp_path / "b")]) == 0
+    a, meta_a = params_io.load_params(tmp_path / "a", expected_kind="sam")
+    b, meta_b = params_io.load_params(tmp_path / "b", expected_kind="sam")
+    assert meta_a == meta_b
+    for k, v in traverse_util.flatten_dict(a).items():
+        np.testing.assert_array_equal(v, traverse_util.flatten_dict(b)[k])
+    capsys.readouterr()
+    assert cli.main(["convert", "sam", "--help"]) == 0
+    assert "usage: jaxvrp convert sam" in capsys.readouterr().out
+    assert cli.main(["convert", "nope"]) == 2
+    assert "unknown kind 'nope'" in capsys.readouterr().err
+    bad = _save(tmp_path, {k: v for k, v in state_dict.items() if "neck" not in k}, "bad.pth")
+    out = tmp_path / "c"
+    assert cli.main(["convert", "sam", "--checkpoint", str(bad), "--out", str(out)]) == 2
+    assert "neck" in capsys.readouterr().err and not out.exists()
