@@ -271,3 +271,34 @@ def resized_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.shape[:2] == (size, size):
         return mask
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+
+
+def rgb8(image: "Image.Image") -> np.ndarray:
+    """A decoded PIL image as (H, W, 3) uint8, as it looks: grayscale, palette, RGBA (alpha
+    dropped), CMYK, ... converted by PIL; 16-bit grayscale ("I;16*", or "I" with values up
+    to 65535) scaled to 8 bits (v >> 8), where PIL's own conversion would clip every value
+    above 255 to white. A float ("F") image has no agreed scale and raises `ValueError`."""
+    mode = image.mode
+    if mode.startswith("I"):
+        array = np.asarray(image).astype(np.int64)
+        if array.min() < 0 or array.max() > 65535:
+            raise ValueError(f"{mode} image values outside 0..65535")
+        gray = (array >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise ValueError("32-bit float images have no agreed 8-bit scale; save as 8 or 16 bit")
+    return np.asarray(image.convert("RGB"))
+
+
+def binary_mask(image: "Image.Image") -> np.ndarray:
+    """A decoded mask image as (H, W) bool, foreground = every pixel that is not black and,
+    where the image has alpha, not transparent: the same rule for 1-bit, grayscale (8 or 16
+    bit), palette (by colour, not by index) and RGB(A) files."""
+    mode = image.mode
+    if mode.startswith("I") or mode in ("F", "1"):
+        return np.asarray(image) != 0
+    alpha = None
+    if "A" in mode or (mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3] > 0
+    fg = np.asarray(image.convert("RGB")).any(axis=-1)
+    return fg if alpha is None else fg & alpha

@@ -26,10 +26,14 @@ in opaque red, 1 px).
 
 Choices:
 
-- Images are read with Pillow as stored (EXIF orientation is not applied, so masks line up
-  with the stored pixels), converted to RGB, resized to the learner's `image_size` square
-  (bilinear, aspect not kept) and ImageNet-normalised: exactly the training episodes'
-  preprocessing (`jaxvrp.image.normalized_image`).
+- Images are read with Pillow as a viewer shows them: the EXIF orientation is applied
+  (`ImageOps.exif_transpose`), so coordinates, masks and outputs are in the orientation a
+  person sees and annotates; converted to 8-bit RGB (`jaxvrp.image.rgb8`: grayscale,
+  palette and RGBA as they look, 16-bit scaled to 8 bits), resized to the learner's
+  `image_size` square (bilinear, aspect not kept) and ImageNet-normalised: exactly the
+  training episodes' preprocessing (`jaxvrp.image.normalized_image`). Masks and scribbles:
+  foreground = every pixel that is not black and not transparent (`jaxvrp.image.binary_mask`,
+  any bit depth or mode). docs/segment.md has the table of bad inputs and what each gives.
 - Annotations are binary (S, S) maps in the representation the learners were trained on
   (`jaxvrp.data.annotations`): points are single pixels, a box is a filled rectangle, a
   scribble its stroke pixels, a mask itself. They are validated against the reference
@@ -41,7 +45,7 @@ Choices:
     0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H; the edges are scaled and rounded, and the
     box keeps at least one pixel.
   - `--reference-mask` / `--scribble`: a PNG (any format Pillow reads) of exactly the
-    reference image's size, converted to grayscale, nonzero = foreground. A mask is brought
+    reference image's (displayed) size, foreground = not black. A mask is brought
     to S x S exactly as training episodes resize dataset masks (PIL nearest,
     `jaxvrp.image.resized_mask`), so the learner sees the reference as in training; a
     scribble by "any" pooling (`jaxvrp.masks.any_pool`: an S x S pixel is set when any
@@ -78,13 +82,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from jaxvrp import assets, backbones, params_io
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
-from jaxvrp.image import normalized_image, resize_bilinear, resized_mask
+from jaxvrp.image import binary_mask, normalized_image, resize_bilinear, resized_mask, rgb8
 from jaxvrp.learners import checkpoint, registry
 from jaxvrp.masks import any_pool, erode
 
@@ -130,7 +134,7 @@ def read_rgb(path: str | os.PathLike, option: str) -> np.ndarray:
         raise SegmentError(f"{option}: no such file: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return rgb8(ImageOps.exif_transpose(im))
     except Exception as e:  # Pillow raises many types for a bad file; all mean the same here
         raise SegmentError(
             f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"
@@ -186,7 +190,7 @@ def annotation_map(shot: Shot, image_hw: tuple[int, int], size: int) -> np.ndarr
         raise SegmentError(f"{option}: no such file: {path}")
     try:
         with Image.open(path) as im:
-            m = np.asarray(im.convert("L")) > 0
+            m = binary_mask(ImageOps.exif_transpose(im))
     except Exception as e:
         raise SegmentError(
             f"{option}: cannot read {path} as an image ({type(e).__name__}: {e})"

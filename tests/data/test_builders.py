@@ -281,6 +281,19 @@ def test_non_jpeg_images_are_reencoded(tmp_path):
     np.testing.assert_array_equal(record["image"], np.asarray(Image.open(encode_jpeg(expected))))
 
 
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    tree = fake_trees.make_perseg(tmp_path / "perseg")
+    path = tree.files["can/00"]
+    h, w = np.asarray(Image.open(path)).shape[:2]
+    deep = (np.arange(h * w).reshape(h, w) * 65535 // (h * w)).astype(np.uint16)
+    Image.fromarray(deep).save(path, format="PNG")  # a 16-bit PNG where a JPEG was
+    build("perseg", manual_dir=tree.root, data_dir=tmp_path / "tfds")
+    record = _read_all("perseg", tmp_path / "tfds")["test"][2]
+    expected = np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, -1)
+    np.testing.assert_array_equal(record["image"], np.asarray(Image.open(encode_jpeg(expected))))
+    assert len(np.unique(record["image"])) > 100  # not clipped to white
+
+
 def test_read_list_formats(tmp_path):
     path = tmp_path / "list.txt"
     path.write_text("# c\n a \n/JPEGImages/b.jpg /SegmentationClassAug/b.png\n\na\nc d\n")

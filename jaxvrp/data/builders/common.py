@@ -21,7 +21,11 @@ downloaded) and write one ArrayRecord record per image in the format of
   not written; the ids are logged and kept in `info.metadata["empty"][split]`.
 - **Images are stored as the source file's own bytes** when it is an RGB or grayscale JPEG
   (grayscale decodes to 3 equal channels); any other file (CMYK/palette/RGBA JPEG, PNG named
-  .jpg, ...) is converted to RGB and re-encoded as JPEG (quality 95), and counted in the log.
+  .jpg, ...) is converted to RGB (`jaxvrp.image.rgb8`: 16-bit images scaled to 8 bits, not
+  clipped) and re-encoded as JPEG (quality 95), and counted in the log. EXIF orientation is
+  not applied: the datasets' masks and annotations are made on the stored pixels.
+- **Bugs stop the build.** Only what a bad file raises (`BAD_FILE_ERRORS`: OSError,
+  ValueError, a decompression bomb, ...) skips it; any other exception is a bug and stops.
 - **Record order.** `disable_shuffling=True`: TFDS then keeps the order in which the
   generator yields the records (with string keys it replaces each key by its position; with
   shuffling on it would order them by a hash of the key). Each builder yields in a documented
@@ -47,6 +51,7 @@ from absl import logging
 from PIL import Image
 
 from jaxvrp.data import schema
+from jaxvrp.image import rgb8
 
 PathLike = str | os.PathLike
 
@@ -172,7 +177,7 @@ def read_image(path: PathLike) -> tuple[io.BytesIO, tuple[int, int], bool]:
         width, height = image.size
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
             return io.BytesIO(data), (height, width), False
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = rgb8(image)  # 16-bit scaled to 8 bits, not clipped
     return schema.encode_jpeg(rgb), (height, width), True
 
 
