@@ -92,7 +92,7 @@ def evaluate(
     for batch in episodes:
         if cache is not None:
             batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
-        inputs = loop.global_batch(trainer.model_inputs(batch, learner), batch_sharding)
+        inputs = loop.global_batch(trainer.model_inputs(batch, learner, lconfig), batch_sharding)
         logits = predict(params, frozen, inputs, rng)
         local_logits = np.concatenate(
             [np.asarray(s.data) for s in logits.addressable_shards], axis=0

@@ -439,15 +439,22 @@ def _predictor(learner, config):
     return jax.jit(predict)
 
 
+def _prepared(ckpt, batch: dict) -> dict:
+    """The batch after the learner's host-side `prepare` (protocol), if it has one."""
+    prepare = ckpt.learner.prepare
+    return batch if prepare is None else prepare(batch, ckpt.config)
+
+
 def _check_inputs(ckpt, frozen, support_images, support_annotations) -> None:
     """Trace the learner on the segment batch (no compute): a learner that reads something
     a new image does not have (the ground truth, extra batch keys) is refused by name."""
     s = support_images.shape[2]
     batch = {
-        "query_image": jax.ShapeDtypeStruct((1, s, s, 3), np.float32),
-        "support_images": jax.ShapeDtypeStruct(support_images.shape, np.float32),
-        "support_annotations": jax.ShapeDtypeStruct(support_annotations.shape, np.float32),
+        "query_image": np.zeros((1, s, s, 3), np.float32),
+        "support_images": support_images,
+        "support_annotations": support_annotations,
     }
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _prepared(ckpt, batch))
     try:
         jax.eval_shape(
             lambda p, f, b: ckpt.learner.apply(p, f, b, config=ckpt.config),
@@ -539,7 +546,7 @@ def segment(
     written = []
     for p in tqdm(paths, desc="segment", unit="image", file=sys.stderr, disable=not progress):
         rgb = read_rgb(p, "--targets")
-        batch = {"query_image": normalized_image(rgb, size)[None], **support}
+        batch = _prepared(ckpt, {"query_image": normalized_image(rgb, size)[None], **support})
         logits = predict(params, frozen, batch)[0]  # (S, S)
         logits = resize_bilinear(logits, rgb.shape[:2], channels_last=False)
         mask = np.asarray(logits) > 0

@@ -72,7 +72,10 @@ def train(config, workdir: str | Path) -> dict:
 
     state, last = loop.run_steps(
         lambda st, b: step_fn(
-            st, loop.global_batch(trainer.model_inputs(b, learner), batch_sharding), rng, frozen
+            st,
+            loop.global_batch(trainer.model_inputs(b, learner, lconfig), batch_sharding),
+            rng,
+            frozen,
         ),
         state,
         iterator,

@@ -109,7 +109,10 @@ def compile_train_step(lconfig, learner, optimizer, schedule, batch_sharding, re
     return loop.compile_step(step, batch_sharding, replicated, num_replicated_args=2)
 
 
-def model_inputs(batch: dict, learner: Learner | None = None) -> dict:
-    """The arrays a learner reads (drops bookkeeping such as `episode`)."""
+def model_inputs(batch: dict, learner: Learner | None = None, lconfig: Any = None) -> dict:
+    """The arrays a learner reads from a host batch, after its `prepare` (drops bookkeeping
+    such as `episode`)."""
+    if learner is not None and learner.prepare is not None:
+        batch = learner.prepare(batch, lconfig)
     keys = MODEL_INPUTS + (learner.batch_keys if learner is not None else ())
     return {k: batch[k] for k in keys if k in batch}

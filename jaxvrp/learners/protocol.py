@@ -34,6 +34,9 @@ only ever call these fields; none of them knows any method by name.
   again in a fresh process (e.g. by `jaxvrp segment` reading its checkpoint) through it.
 - `batch_keys`: the batch arrays `apply` / `loss_fn` read beyond the standard ones
   (`jaxvrp.trainer.MODEL_INPUTS`).
+- `prepare(batch, config) -> batch`: optional, host side (numpy), called by every tool on
+  each host batch before it is sharded: derives the learner's own `batch_keys` from the
+  standard ones (e.g. SAMIC's point prompts from the reference masks).
 
 Batch (fixed shapes, see `docs/learners.md`): `query_image` (B, H, W, 3), `support_images`
 (B, K, H, W, 3), `support_annotations` (B, K, H, W); for the loss `query_mask` (B, H, W) and
@@ -81,6 +84,7 @@ class Learner:
     loss_fn: Callable[..., Any] | None = None
     module: str = ""
     batch_keys: tuple[str, ...] = ()
+    prepare: Callable[[dict, Any], dict] | None = None
 
     @property
     def trainable(self) -> bool:
