@@ -76,6 +76,7 @@ SQUEEZE_BLOCKS = {
     "encoder_layer2": ((5, 4), (5, 4), (3, 2)),
 }
 MIXING_BLOCKS = ("encoder_layer4to3", "encoder_layer3to2")
+DECODER_IN = 128  # outch3: decoder1's first conv's output (its input is C_last)
 DECODER_MID = 64  # outch2: decoder1's output, decoder2's width
 
 
@@ -103,7 +104,7 @@ class HSNetConfig:
         if block in MIXING_BLOCKS:
             c = self.last_channels
             return ((3, 1, c),) * n
-        full = tuple((k, s, c) for (k, s), c in zip(SQUEEZE_BLOCKS[block], _CHANNELS))
+        full = tuple((k, s, c) for (k, s), c in zip(SQUEEZE_BLOCKS[block], _CHANNELS, strict=True))
         return full[:n] if n <= 3 else full + full[-1:] * (n - 3)
 
     @property
@@ -307,8 +308,8 @@ class HPNLearner(nn.Module):
         mix432 = self.block("encoder_layer3to2", resize_query_dims(mix43, sqz2.shape[1:3]) + sqz2)
         encoded = mix432.mean(axis=(3, 4))  # over the support dims: (B, Hq2, Wq2, C_last)
         c_last = self.config.last_channels
-        x = nn.relu(conv2d(c_last, 3, 1, c_last, "decoder1_0")(encoded))
-        x = nn.relu(conv2d(DECODER_MID, 3, 1, c_last, "decoder1_2")(x))
+        x = nn.relu(conv2d(DECODER_IN, 3, 1, c_last, "decoder1_0")(encoded))
+        x = nn.relu(conv2d(DECODER_MID, 3, 1, DECODER_IN, "decoder1_2")(x))
         h, w = x.shape[1:3]
         # Official: `upsample_size = (width * 2,) * 2`, square whatever the input's aspect.
         up = (2 * h, 2 * w) if self.config.square_upsample_fix else (2 * w, 2 * w)
