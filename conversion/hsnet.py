@@ -129,9 +129,9 @@ def convert(
     checkpoint, out = Path(checkpoint), Path(out)
     check_output(out, overwrite)
     sd = load_torch_state_dict(checkpoint)
-    learner_sd, backbone_sd = split_state_dict(sd)
-    if not learner_sd:
+    if not any(k.removeprefix("module.").startswith(_LEARNER) for k in sd):
         raise ConversionError(f"not an HSNet checkpoint: no hpn_learner.* keys in {checkpoint}")
+    learner_sd, backbone_sd = split_state_dict(sd)
     if backbone is not None and backbone not in backbones.ARCHS:
         raise ConversionError(f"unknown --backbone {backbone!r}; known: {sorted(backbones.ARCHS)}")
     arch = backbone or infer_backbone(backbone_sd)
