@@ -48,6 +48,7 @@ official training loss counts PASCAL's 255 boundary as background.
 """
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -287,8 +288,9 @@ def resize_query_dims(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 class HPNLearner(nn.Module):
-    """`HPNLearner` (`learner.py`): hypercorrelation pyramid -> 2-class logits before the
-    final resize, (B, 2 Hq2, 2 Wq2 or 2 Wq2, 2) with (Hq2, Wq2) the layer2 query size."""
+    """`HPNLearner` (`learner.py`): hypercorrelation pyramid (corr_l4, corr_l3, corr_l2) ->
+    2-class logits before the final resize: (B, 2 Wq2, 2 Wq2, 2) as the official decoder, or
+    (B, 2 Hq2, 2 Wq2, 2) with `square_upsample_fix`; (Hq2, Wq2) is the layer2 query size."""
 
     config: HSNetConfig
 
@@ -323,13 +325,14 @@ def _placeholders(config: HSNetConfig) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros((1, 4, 4, 4, 4, c)) for c in group_channels(config.backbone))
 
 
+@partial(jax.jit, static_argnames=("config",))
 def init(rng: jax.Array, config: HSNetConfig) -> Params:
     """Fresh HPN learner parameters (float32, PyTorch's default init)."""
     return HPNLearner(config).init(rng, *_placeholders(config))["params"]
 
 
 def param_shapes(config: HSNetConfig) -> Params:
-    return jax.eval_shape(lambda r: init(r, config), jax.random.key(0))
+    return jax.eval_shape(partial(init, config=config), jax.random.key(0))
 
 
 def num_params(params: Params) -> int:

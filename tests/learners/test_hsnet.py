@@ -4,6 +4,8 @@ non-square inputs for 1 and 2 shots, the K-shot vote, the parameter counts, and 
 smoke test."""
 
 import functools
+from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +49,13 @@ def official_state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
 def reference_model(arch: str = ARCH, seed: int = 0):
     """(torch HSNet with random weights and BN/GN statistics, converted jaxvrp params)."""
     config = hsnet.make_config(arch)
-    backbone = tref.resnet(config.backbone, seed=seed)
     torch.manual_seed(seed)
-    model = ref.HypercorrSqueezeNetwork(backbone, list(config.backbone.layers))
+    if arch.startswith("vgg"):  # official VGG-16 constants: nbottlenecks [2, 2, 3, 3, 3, 1]
+        backbone = tref.vgg16_plain(config.backbone, seed=seed)
+        model = ref.HypercorrSqueezeNetwork(backbone, [2, 2, 3, 3, 3, 1], vgg=True)
+    else:
+        backbone = tref.resnet(config.backbone, seed=seed)
+        model = ref.HypercorrSqueezeNetwork(backbone, list(config.backbone.layers))
     ref.randomize_learner_(model, seed).eval()
     params = convert_hsnet_state_dict(official_state_dict(model), config)
     return model, params, config
@@ -108,25 +114,60 @@ def test_one_shot_forward_matches_reference():
     expected = expected.permute(0, 2, 3, 1).numpy()
     frozen = {"backbone": params["backbone"]}
 
-    @jax.jit
-    def run(learner, frozen, b):
-        two = hsnet.correlation_logits(
-            learner, frozen["backbone"], b["query_image"], s, a, config=config
-        )
-        return (
-            two,
-            hsnet.logits(learner, frozen, b, config=config),
-            hsnet.apply(learner, frozen, b, config=config),
-        )
-
-    out, via_batch, fg = run(params["learner"], frozen, b)
-    assert out.shape == via_batch.shape == (2, H, W, 2)
+    out, fg = jax.jit(
+        lambda p, f, b: (hsnet.logits(p, f, b, config=config), hsnet.apply(p, f, b, config=config))
+    )(params["learner"], frozen, b)
+    assert out.shape == (2, H, W, 2)
     err = rel_l2(out, expected)
     assert err <= TOL, err
-    np.testing.assert_allclose(via_batch, out, rtol=1e-5, atol=1e-6)  # same graph, fused apart
     # The protocol's apply: foreground minus background, same sign as the official argmax.
     np.testing.assert_allclose(fg, out[..., 1] - out[..., 0], rtol=1e-5, atol=1e-5)
     assert 0.05 < float((expected.argmax(-1) == 1).mean()) < 0.95  # a non-trivial mask
+
+
+def test_vgg_one_shot_forward_matches_reference():
+    """VGG-16 without BN (a narrow copy): conv4_x / conv5_x before ReLU and pool5."""
+    model, params, config = reference_model("vgg_test_nobn", seed=4)
+    assert hsnet.group_channels(config.backbone) == (1, 3, 3)
+    b = batch(1, 1, seed=5)
+    s, a = b["support_images"][:, 0], b["support_annotations"][:, 0]
+    with torch.no_grad():
+        expected = model(nchw(b["query_image"]), nchw(s), torch.from_numpy(a))
+    fn = jax.jit(partial(hsnet.correlation_logits, config=config))
+    out = fn(params["learner"], params["backbone"], b["query_image"], s, a)
+    err = rel_l2(out, expected.permute(0, 2, 3, 1).numpy())
+    assert err <= TOL, err
+
+
+def test_resnet50_layout_one_shot_matches_reference():
+    """The real ResNet-50 layout (13 maps; groups of 3 / 6 / 4), small non-square input."""
+    model, params, config = reference_model("resnet50", seed=6)
+    assert hsnet.group_channels(config.backbone) == (3, 6, 4)
+    rs = np.random.RandomState(6)
+    q, s = rs.randn(2, 1, 64, 96, 3).astype(np.float32)
+    a = heat_maps(rs, 1, 64, 96)
+    with torch.no_grad():
+        expected = model(nchw(q), nchw(s), torch.from_numpy(a)).permute(0, 2, 3, 1).numpy()
+    fn = jax.jit(partial(hsnet.correlation_logits, config=config))
+    err = rel_l2(fn(params["learner"], params["backbone"], q, s, a), expected)
+    assert err <= TOL, err
+
+
+def test_runlocal_config_builds_the_learner():
+    import importlib.util  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "hsnet.py"
+    spec = importlib.util.spec_from_file_location("hsnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("runlocal")
+    assert c.learner == "hsnet" and c.data.image_size == 64
+    config = registry.get(c.learner).make_config(**c.model)
+    assert config == hsnet.make_config("resnet_test")
+    full = module.get_config("dataset=coco20i")
+    assert (full.batch_size, full.optimizer.lr, full.data.image_size) == (40, 1e-3, 400)
+    with pytest.raises(ValueError, match="unknown config arg"):
+        module.get_config("sam=vit_h")
 
 
 def test_two_shot_logits_and_vote_match_reference():
