@@ -315,3 +315,27 @@ def test_train_smoke_and_ignored_pixels():
             np.testing.assert_allclose(loss, ce[:, 8:].mean(), rtol=1e-5)
         losses.append(float(loss))
     assert losses[-1] < losses[0] - 1e-3, losses
+
+
+def test_batch_sharded_over_8_devices_matches_one_device(devices):
+    """The folded-batch 4D convs shard on the batch axis like any conv: same logits."""
+    config = hsnet.make_config(ARCH)
+    params = hsnet.init(jax.random.key(2), config)
+    frozen = {"backbone": backbones.init(jax.random.key(3), config.backbone)}
+    rs = np.random.RandomState(8)
+    b = {
+        "query_image": rs.randn(8, 48, 64, 3).astype(np.float32),
+        "support_images": rs.randn(8, 1, 48, 64, 3).astype(np.float32),
+        "support_annotations": heat_maps(rs, 8, 48, 64)[:, None],
+    }
+    fn = jax.jit(partial(hsnet.apply, config=config))
+    one = fn(params, frozen, b)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    sharded_batch = jax.device_put(b, data)
+    replicated = jax.device_put(
+        (params, frozen), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
+    out = fn(*replicated, sharded_batch)
+    assert out.sharding.spec[0] == "data"
+    np.testing.assert_allclose(np.asarray(out), np.asarray(one), rtol=1e-5, atol=1e-6)
