@@ -2,8 +2,8 @@
 
     python -m conversion.backbone --arch resnet50_deepstem --checkpoint resnet50_v2.pth --out r50
 
-Sources: torchvision state dicts (`resnet50`, `resnet101`, `vgg16_bn`), the deep-stem layout
-VRP-SAM loads (`resnet50_v2.pth`: conv1, bn1, conv2, bn2, conv3, bn3, layer1, ...), and the
+Sources: torchvision state dicts (`resnet50`, `resnet101`, `vgg16_bn`, `vgg16`), the
+deep-stem layout VRP-SAM loads (`resnet50_v2.pth`: conv1, bn1, conv2, bn2, conv3, bn3, layer1, ...), and the
 official DINOv2 state dicts (facebookresearch/dinov2 key names). Classifier heads (`fc.*`,
 `classifier.*`) and BatchNorm's `num_batches_tracked` are dropped by name; any other key
 that does not map onto the model, or a missing key, or a wrong shape, is an error listing
@@ -41,7 +41,7 @@ def _vgg_conv_indices(config: VGGConfig) -> set[int]:
     for v in config.cfg:
         if v != "M":
             indices.add(i)
-        i += 1 if v == "M" else 3
+        i += 1 if v == "M" else 3 if config.batch_norm else 2
     return indices
 
 

@@ -66,7 +66,23 @@ def test_vgg_matches_torchvision(arch, hw, ceil_mode):
     _check(feats, ref.vgg_features(m, x))
 
 
-@pytest.mark.parametrize("arch", ["resnet_test_deepstem", "resnet_test", "vgg_test", "dinov2_test"])
+@pytest.mark.parametrize("arch,hw", [("vgg16", (64, 48)), ("vgg_test_nobn", (70, 90))])
+def test_vgg_without_bn_matches_torchvision(arch, hw):
+    """torchvision's `vgg16` (HSNet's VGG): pre-ReLU conv outputs and every pool, pool5 too."""
+    config = backbones.get_config(arch)
+    m = ref.vgg16_plain(config, seed=3)
+    params = convert_backbone_state_dict(_state_dict(m), config)
+    x = np.random.RandomState(2).randn(1, *hw, 3).astype(np.float32)
+    feats = jax.jit(partial(backbones.apply, config=config))(params, x)
+    expected = ref.vgg_plain_features(m, x)
+    assert len(expected) == 13 + 5 and "pool5" in expected and "conv5_3" in expected
+    _check(feats, expected)
+    np.testing.assert_array_equal(feats["layer4"], np.maximum(feats["conv5_3"], 0))
+
+
+@pytest.mark.parametrize(
+    "arch", ["resnet_test_deepstem", "resnet_test", "vgg_test", "vgg_test_nobn", "dinov2_test"]
+)
 def test_stages_can_run_separately(arch):
     """layer4 from a given layer3 (VRP-SAM runs it on the masked reference layer3)."""
     config = backbones.get_config(arch)
@@ -135,7 +151,8 @@ def test_converter_refuses_mismatches(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "arch", ["resnet50", "resnet101", "resnet50_deepstem", "resnet101_deepstem", "vgg16_bn"]
+    "arch",
+    ["resnet50", "resnet101", "resnet50_deepstem", "resnet101_deepstem", "vgg16_bn", "vgg16"],
 )
 def test_full_size_key_maps(arch):
     """Every key of the full-size torchvision model maps onto our parameters (classifier and
@@ -146,7 +163,10 @@ def test_full_size_key_maps(arch):
 
     config = backbones.get_config(arch)
     with torch.device("meta"):
-        m = ref.resnet(config) if arch.startswith("resnet") else ref.vgg16_bn(config)
+        if arch.startswith("resnet"):
+            m = ref.resnet(config)
+        else:
+            m = ref.vgg16_bn(config) if config.batch_norm else ref.vgg16_plain(config)
     official = {
         k: tuple(v.shape)
         for k, v in m.state_dict().items()

@@ -128,3 +128,29 @@ def vgg_features(m: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
             t = m.features[a:b](t)
             feats[name] = t.permute(0, 2, 3, 1).numpy()
     return feats
+
+
+def vgg16_plain(config, seed: int = 0) -> nn.Module:
+    """torchvision's VGG without BN (`vgg16`) for a jaxvrp `VGGConfig`, with its final
+    max-pool (torchvision's cfg "D" ends with one)."""
+    cfg = list(config.cfg) + (["M"] if config.final_pool else [])
+    layers = tv_vgg.make_layers(cfg, batch_norm=False)
+    m = tv_vgg.VGG(layers, num_classes=10, init_weights=True)
+    return randomize_(m, seed)
+
+
+def vgg_plain_features(m: nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every conv's output before its (in-place) ReLU as `conv{block}_{i}` and every pool's
+    output as `pool{block}`, read off torchvision's `features` one module at a time."""
+    feats, block, conv = {}, 1, 0
+    with torch.no_grad():
+        t = torch.from_numpy(x).permute(0, 3, 1, 2)
+        for mod in m.features:
+            t = mod(t)
+            if isinstance(mod, nn.Conv2d):
+                conv += 1
+                feats[f"conv{block}_{conv}"] = t.clone()
+            elif isinstance(mod, nn.MaxPool2d):
+                feats[f"pool{block}"] = t.clone()
+                block, conv = block + 1, 0
+    return {k: v.permute(0, 2, 3, 1).numpy() for k, v in feats.items()}
