@@ -19,6 +19,7 @@ from jaxvrp.learners.protocol import Learner
 BUILTIN = {
     "vrp_sam": "jaxvrp.learners.vrp",
     "prosam": "jaxvrp.learners.prosam",
+    "samic": "jaxvrp.learners.samic",
     "gp_sam": "jaxvrp.baselines",
     "oracle_box": "jaxvrp.baselines",
 }

@@ -1,12 +1,19 @@
 """SAMIC: heat maps, the saliency losses, connected components, peaks -> prompts, points
 from masks (interior, SAM-greedy) and the learner (jit, gradients, a few Adam steps)."""
 
+from functools import cache, partial
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import ndimage
 
-from jaxvrp.learners import heatmaps, mask_points
+from jaxvrp import backbones
+from jaxvrp.learners import heatmaps, hsnet, mask_points, registry, samic
+from jaxvrp.sam import model as sam_model
+from tests.learners.common import make_batch
 
 prompts_jit = jax.jit(
     heatmaps.heatmap_prompts, static_argnames=("threshold", "max_components", "point")
@@ -308,3 +315,214 @@ def test_sam_greedy_adds_points_while_iou_rises():
     assert hist[-1] == pytest.approx(mask_points.iou(small(pts, np.ones(len(pts))), mask))
     with pytest.raises(ValueError, match="min_gain"):
         mask_points.sam_greedy_points(mask, predict, max_points=3, min_gain=0.0)
+
+
+# ------------------------------------------------------------------------- the learner
+# A small SAMIC: the test ResNet (torchvision stem), one 4D layer per block, the 256-pixel
+# test SAM, 64-pixel episodes.
+
+SMALL = {"backbone": "resnet_test", "sam": "test_small_image", "num_4d_layers": 1}
+
+
+def small_config(**options):
+    return samic.make_config(**{**SMALL, "max_components": 3, **options})
+
+
+def random_params(shapes, seed):
+    """Seeded random parameters of a `param_shapes` tree, filled on the host: jitting the
+    models' own initialisers costs far more compile time than the tests themselves.
+    Kernels ~ N(0, 1 / fan_in), norm scales ~ 1 + N(0, 0.1^2), biases / running means
+    ~ N(0, 0.1^2), running variances ~ U(0.5, 1.5)."""
+    rs = np.random.RandomState(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        shape = leaf.shape
+        if name.endswith("['var']"):
+            x = rs.uniform(0.5, 1.5, shape)
+        elif name.endswith("['scale']"):
+            x = 1.0 + 0.1 * rs.randn(*shape)
+        elif name.endswith("['bias']") or name.endswith("['mean']"):
+            x = 0.1 * rs.randn(*shape)
+        else:
+            x = rs.randn(*shape) / np.sqrt(max(int(np.prod(shape[:-1])), 1))
+        return jnp.asarray(x, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@cache
+def frozen():
+    cfg = small_config()
+    return {
+        "sam": random_params(sam_model.param_shapes(cfg.sam), 7),
+        "backbone": random_params(backbones.param_shapes(cfg.hsnet.backbone), 8),
+    }
+
+
+def learner_params(seed, config=None):
+    config = config or small_config()
+    return random_params(hsnet.param_shapes(config.hsnet), seed)
+
+
+def point_batch(b=2, k=1, seed=0):
+    return mask_points.add_points(make_batch(b=b, k=k, size=64, seed=seed), max_points=3)
+
+
+def test_config_registry_and_batch_keys():
+    cfg = small_config(point="peak", kld_weight=0.0)
+    assert cfg.point == "peak" and cfg.kld_weight == 0.0 and cfg.hsnet.num_4d_layers == 1
+    learner = registry.get("samic")
+    assert learner is samic.LEARNER and learner.trainable
+    assert set(learner.batch_keys) == set(samic.POINT_KEYS)
+    spec = learner.frozen(cfg)
+    assert spec.keys == ("sam", "backbone") and spec.backbone == cfg.hsnet.backbone
+    paper = samic.make_config()
+    assert (paper.sigma, paper.threshold, paper.heatmap, paper.nss) == (
+        0.02,
+        0.5,
+        "channel_softmax",
+        "printed",
+    )
+    assert paper.hsnet.num_4d_layers == 3
+    # SAMIC learns HSNet's parameters and nothing else: 2,573,794 with ResNet-50 ("2.6M")
+    shapes = jax.eval_shape(partial(samic.init, config=paper), jax.random.key(0))
+    assert samic.num_params(shapes) == 2_573_794
+    for bad in ({"point": "mode"}, {"sam_calls": "all"}, {"heatmap": "sigmoid"}, {"nss": "x"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            small_config(**bad)
+    with pytest.raises(TypeError, match="SAMIC's own options"):
+        small_config(num_layers=2)
+    batch = make_batch(b=1, size=64)
+    with pytest.raises(KeyError, match="add_points"):
+        samic.heatmap(learner_params(0), frozen(), batch, config=cfg)
+
+
+def test_add_points_from_masks():
+    batch = make_batch(b=2, k=2, size=64, seed=3)
+    out = mask_points.add_points(batch, max_points=3)
+    assert out["support_points"].shape == (2, 2, 3, 2) and out["query_points"].shape == (2, 3, 2)
+    assert out["support_point_valid"].dtype == bool
+    for i in range(2):
+        want = mask_points.interior_points(batch["query_mask"][i], max_points=3)
+        n = len(want)
+        np.testing.assert_array_equal(out["query_point_valid"][i], np.arange(3) < n)
+        np.testing.assert_array_equal(out["query_points"][i, :n], want)
+        for j in range(2):
+            x, y = out["support_points"][i, j, 0].astype(int)
+            assert batch["support_annotations"][i, j, y, x] > 0
+    with pytest.raises(ValueError, match="method"):
+        mask_points.add_points(batch, max_points=3, method="kmeans")
+    with pytest.raises(ValueError, match="sam_predict"):
+        mask_points.add_points(batch, max_points=3, method="sam_greedy")
+
+
+def test_sam_greedy_with_the_small_sam():
+    cfg = small_config()
+    batch = make_batch(b=1, k=1, size=64, seed=4)
+    predict = mask_points.make_sam_predict(frozen()["sam"], batch["query_image"][0], config=cfg.sam)
+    mask = batch["query_mask"][0]
+    pts, hist = mask_points.sam_greedy_points(mask, predict, max_points=2, min_gain=1e-3)
+    assert len(pts) == len(hist) <= 2
+    assert np.all(np.diff([0.0, *hist]) >= 1e-3)  # every accepted point raised the IoU
+    if len(pts):
+        assert hist[-1] == pytest.approx(mask_points.iou(predict(pts, np.ones(len(pts))), mask > 0))
+        assert all(mask[int(y), int(x)] > 0 for x, y in pts)
+    out = mask_points.add_points(
+        batch,
+        max_points=2,
+        method="sam_greedy",
+        sam_predict=partial(mask_points.make_sam_predict, frozen()["sam"], config=cfg.sam),
+        min_gain=1e-3,
+    )
+    assert out["query_point_valid"].sum() == len(pts)
+
+
+def test_prompt_sam_unites_components_and_empty_heatmaps_give_empty_masks():
+    cfg, joint_cfg = small_config(), small_config(sam_calls="joint")
+    sam = frozen()["sam"]
+    images = make_batch(b=2, size=64)["query_image"]
+    points = jnp.array([[[10.0, 12.0], [40.0, 50.0], [0.0, 0.0]], [[0.0, 0.0]] * 3])
+    valid = jnp.array([[True, True, False], [False, False, False]])
+
+    @jax.jit
+    def run(sam, images, points, valid):
+        emb = samic.sam_embeddings(sam, images, cfg)
+        per = samic.prompt_sam(sam, emb, points, valid, (64, 64), config=cfg)
+        joint = samic.prompt_sam(sam, emb, points, valid, (64, 64), config=joint_cfg)
+
+        def single(pts, labels):  # SAM on image 0 alone with exactly these points
+            scaled = samic.to_sam_frame(pts, (64, 64), cfg.sam.image_size)
+            low, _ = sam_model.predict_masks(
+                sam,
+                emb[:1],
+                config=cfg.sam,
+                points=scaled[None],
+                point_labels=labels[None],
+                multimask_output=False,
+            )
+            size = (64, 64)
+            return samic.resize_bilinear(low[0, 0], size, align_corners=True, channels_last=False)
+
+        one = jnp.ones(1, jnp.int32)
+        united = jnp.maximum(single(points[0, :1], one), single(points[0, 1:2], one))
+        padded = single(points[0], jnp.array([1, 1, -1], jnp.int32))
+        return per, joint, united, padded
+
+    per, joint, united, padded = map(np.asarray, run(sam, images, points, valid))
+    for out in (per, joint):
+        assert out.shape == (2, 64, 64)
+        assert (out[1] == samic.EMPTY_LOGIT).all()  # no peak: an empty mask
+    # per component: the maximum of the one-point masks; joint: one call, -1 padding
+    np.testing.assert_allclose(per[0], united, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(joint[0], padded, rtol=1e-4, atol=1e-4)
+    assert (per[0] > 0).any() and (per[0] < 0).any()  # a non-trivial mask was compared
+
+
+def test_apply_under_jit_and_the_k_shot_heatmap_is_the_mean_of_the_shots():
+    cfg = small_config()
+    batch = point_batch(b=1, k=2, seed=5)
+    params = learner_params(1)
+
+    @jax.jit
+    def run(params, frozen, batch):
+        return (
+            samic.apply(params, frozen, batch, config=cfg),
+            samic.heatmap(params, frozen, batch, config=cfg),
+        )
+
+    logits, heat = run(params, frozen(), batch)
+    assert logits.shape == (1, 64, 64) and np.isfinite(np.asarray(logits)).all()
+    assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0
+    # the same query paired with each shot alone, as a batch of two one-shot episodes
+    split = {k: np.repeat(v, 2, axis=0) for k, v in batch.items() if not k.startswith("support")}
+    for key in ("support_images", "support_annotations", "support_points", "support_point_valid"):
+        split[key] = np.swapaxes(batch[key], 0, 1)
+    shots = jax.jit(samic.heatmap, static_argnames="config")(params, frozen(), split, config=cfg)
+    np.testing.assert_allclose(np.asarray(heat[0]), np.asarray(shots.mean(axis=0)), atol=1e-6)
+
+
+def test_loss_gradients_are_finite_and_adam_lowers_the_loss():
+    cfg = small_config()
+    batch = point_batch(b=2, k=1, seed=6)
+    params = learner_params(2)
+    opt = optax.adam(1e-3)  # §4.2
+
+    @jax.jit
+    def step(params, state, frozen, batch):
+        (loss, terms), grads = jax.value_and_grad(
+            lambda p: samic.loss_fn(p, frozen, batch, config=cfg), has_aux=True
+        )(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss, terms, grads
+
+    state = opt.init(params)
+    losses = []
+    for i in range(6):
+        params, state, loss, terms, grads = step(params, state, frozen(), batch)
+        if i == 0:
+            assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+            assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(grads))
+            assert set(terms) == {"kld", "cc", "nss"}
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
