@@ -526,3 +526,34 @@ def test_loss_gradients_are_finite_and_adam_lowers_the_loss():
             assert set(terms) == {"kld", "cc", "nss"}
         losses.append(float(loss))
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_configs_file_defaults_and_sweeps():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "configs" / "samic.py"
+    spec = importlib.util.spec_from_file_location("samic_configs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert c.learner == "samic" and c.data.image_size == 224 and c.batch_size == 4
+    assert (c.optimizer.lr, c.epochs, c.early_stopping_patience) == (1e-3, 300, 10)
+    assert c.data.train_fraction == 0.2
+    cfg = registry.get(c.learner).make_config(**c.model)
+    assert cfg.hsnet.num_4d_layers == 3 and cfg.sam.image_size == 1024
+    local = mod.get_config("runlocal")
+    for sweep, n in ((mod.sweep_depth, 4), (mod.sweep_loss, 6), (mod.sweep_prompting, 4)):
+        rows = []
+        sweep(lambda **kw: rows.append(kw))  # noqa: B023
+        assert len(rows) == n
+        for row in rows:  # every key exists in the locked config and makes a valid model
+            trial = mod.get_config("runlocal")
+            for key, value in row.items():
+                block, name = key.split(".")
+                trial[block][name] = value
+            samic.make_config(**trial.model)
+    assert mod.LOSS_ROWS[-1] == ("kld", "cc", "nss")  # the paper's loss is the last row
+    assert samic.make_config(**local.model).max_components == 3
+    with pytest.raises(ValueError, match="label"):
+        mod.get_config("label=point")
