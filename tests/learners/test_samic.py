@@ -398,6 +398,21 @@ def test_config_registry_and_batch_keys():
         samic.heatmap(learner_params(0), frozen(), batch, config=cfg)
 
 
+def test_point_cache_computes_once(tmp_path):
+    cache_ = mask_points.PointCache(str(tmp_path / "points"))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.array([[1.0, 2.0], [3.0, 4.0]])
+
+    key = "image-7/sam_greedy/seed0"
+    first = cache_.get(key, compute)
+    again = mask_points.PointCache(str(tmp_path / "points")).get(key, compute)
+    np.testing.assert_array_equal(first, again)
+    assert len(calls) == 1 and again.dtype == np.float32
+
+
 def test_add_points_from_masks():
     batch = make_batch(b=2, k=2, size=64, seed=3)
     out = mask_points.add_points(batch, max_points=3)
