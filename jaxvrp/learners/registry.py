@@ -20,6 +20,7 @@ BUILTIN = {
     "vrp_sam": "jaxvrp.learners.vrp",
     "prosam": "jaxvrp.learners.prosam",
     "hsnet": "jaxvrp.learners.hsnet",
+    "samic": "jaxvrp.learners.samic",
     "gp_sam": "jaxvrp.baselines",
     "oracle_box": "jaxvrp.baselines",
 }
