@@ -21,6 +21,8 @@ BUILTIN = {
     "prosam": "jaxvrp.learners.prosam",
     "gp_sam": "jaxvrp.baselines",
     "oracle_box": "jaxvrp.baselines",
+    "persam": "jaxvrp.learners.persam",
+    "persam_f": "jaxvrp.learners.persam",
 }
 
 _LEARNERS: dict[str, Learner] = {}
