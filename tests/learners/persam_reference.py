@@ -11,11 +11,29 @@ scripts line by line on one image at a time, with the batch mapping of
 align_corners=True; the reference mask as the red channel of a PerSeg annotation, 128).
 """
 
+import functools
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from conversion.official import build_official_sam, randomize_
+from conversion.sam import convert_sam_state_dict
+from jaxvrp.sam.config import get_config
+
+
+@functools.cache
+def official_and_params(variant: str, seed: int = 0):
+    """(PyPI torch Sam, jaxvrp params, SamConfig) with the same random weights, seeded
+    fully: `randomize_` rescales by the default initialisation's spread, which is drawn
+    from torch's global generator, so that is seeded first."""
+    config = get_config(variant)
+    torch.manual_seed(seed)
+    ref = randomize_(build_official_sam(config), seed)
+    state_dict = {k: v.numpy() for k, v in ref.state_dict().items()}
+    return ref, convert_sam_state_dict(state_dict, config), config
+
 
 # ------------------------------------------------------------------ modified SAM decoder
 

@@ -13,7 +13,7 @@ from jaxvrp.learners import persam, registry
 from jaxvrp.learners.protocol import FrozenSpec
 from tests.conftest import rel_l2
 from tests.learners import persam_reference as reference
-from tests.sam.official import TOL, official_and_params
+from tests.sam.official import TOL
 
 SAM = "tiny_128"  # 128-pixel input, 16x16 embedding grid, 64x64 low-res logits
 SIZE = 96  # batch images: resized to 128 for SAM, logits post-processed back to 96
@@ -44,7 +44,7 @@ def _batch(b=3, size=SIZE, seed=0, empty=(2,)):
 
 @pytest.fixture(scope="module")
 def setup():
-    ref, params, _ = official_and_params(SAM)
+    ref, params, _ = reference.official_and_params(SAM)
     batch = _batch()
     outs = {}
     for method in persam.METHODS:
@@ -146,20 +146,37 @@ def test_target_embedding_and_shot_merge():
     np.testing.assert_array_equal(any_valid, [True, False])
 
 
-def test_refinement_stops_at_an_empty_mask():
+def test_refinement_stops_at_an_empty_mask(monkeypatch):
     """A refinement that needs the box of an empty mask keeps the previous logits (the
-    official `x.min()` of an empty array would raise)."""
-    _, params, _ = official_and_params(SAM)
+    official `x.min()` of an empty array would raise); a non-empty one takes the new pass.
+    SAM is replaced by a stub whose 3 outputs are constants, the best (IoU) being +2."""
+
+    def fake_decode(sam_params, emb, points, labels, out_size, config, **kw):
+        n = emb.shape[0]
+        levels = jnp.array([1.0, 2.0, 3.0])
+        iou = jnp.broadcast_to(jnp.array([0.1, 0.9, 0.5]), (n, 3))
+        low = jnp.broadcast_to(levels[None, :, None, None], (n, 3, 8, 8))
+        high = jnp.broadcast_to(levels[None, :, None, None], (n, 3, *out_size))
+        return low, iou, high
+
+    monkeypatch.setattr(persam, "_decode", fake_decode)
     config = persam.make_config(sam=SAM)
-    g, m = 16, 64
-    emb = jnp.asarray(np.random.RandomState(1).randn(1, g, g, 64).astype(np.float32))
-    low = -jnp.ones((1, m, m))
-    high = -jnp.ones((1, 40, 40))
-    points, labels = jnp.array([[[5.0, 5.0]]]), jnp.ones((1, 1), jnp.int32)
-    out = persam._refine(
-        params, emb, points, labels, low, high, (40, 40), config, passes=2, box_first=True
+    emb = jnp.zeros((2, 4, 4, 8))
+    points, labels = jnp.zeros((2, 1, 2)), jnp.ones((2, 1), jnp.int32)
+    low = jnp.zeros((2, 8, 8))
+    high = jnp.stack([-jnp.ones((10, 12)), jnp.ones((10, 12))])  # item 0: empty mask
+    for box_first in (True, False):
+        out = persam._refine(
+            {}, emb, points, labels, low, high, (10, 12), config, passes=2, box_first=box_first
+        )
+        # item 0: with box_first its first pass needs a box and stops at once; without,
+        # the first pass (no box) runs and gives +2, whose box is then fine
+        np.testing.assert_array_equal(out[0], -1.0 if box_first else 2.0)
+        np.testing.assert_array_equal(out[1], 2.0)
+    np.testing.assert_array_equal(
+        persam._box(jnp.asarray(np.pad(np.ones((2, 3)), ((1, 7), (4, 5))))[None])[0],
+        [[4, 1, 6, 2]],  # inclusive (x0, y0, x1, y1), as np.nonzero's min / max
     )
-    np.testing.assert_array_equal(out, high)
 
 
 def test_configs_and_registration():
@@ -184,3 +201,16 @@ def test_configs_and_registration():
         batch = _batch(b=1, size=32, empty=())
         batch["support_annotations"] = batch["support_annotations"][:, :, :16]
         persam.predict({}, batch, persam.make_config(sam=SAM))
+
+
+def test_config_file_makes_both_learners():
+    from configs import persam as persam_config
+
+    for arg, name in (("runlocal", "persam"), ("persam_f,runlocal", "persam_f"), (None, "persam")):
+        c = persam_config.get_config(arg)
+        assert c.learner == name
+        config = registry.get(name).make_config(**c.model)
+        assert config.method == name
+    assert persam_config.get_config("persam_f").model.train_steps == 1000
+    with pytest.raises(ValueError, match="unknown config arg"):
+        persam_config.get_config("backbone=vgg16_bn")
