@@ -89,34 +89,38 @@ def test_target_embedding_aliasing_is_reproduced():
     """The in-place `queries += target_embedding` also shifts the query PE; the reference
     without the aliasing gives clearly different logits, and ours follows the aliased one."""
     ref, params, config = ref_impl.official_and_params(VARIANT)
-    emb, _, target, (points, labels, _, _) = _inputs(config, batch=1, seed=4)
-    sparse, dense = encode_prompts(params, config=config, points=points, point_labels=labels)
-    logits, _ = decode_masks(
-        params, emb, sparse, dense, config=config, multimask_output=True, target_embedding=target
+    emb, _, target, (points, labels, boxes, masks) = _inputs(config, batch=2, seed=3)
+    sparse, dense = encode_prompts(
+        params, config=config, points=points, point_labels=labels, boxes=boxes, masks=masks
     )
-    aliased, _ = _reference(ref, emb, sparse, dense, True, None, target[0], inplace=True)
-    plain, _ = _reference(ref, emb, sparse, dense, True, None, target[0], inplace=False)
-    assert rel_l2(logits, aliased) <= TOL
+    logits, _ = _jitted_decode(config, True)(
+        params, emb, sparse, dense, attn_sim=None, target_embedding=target
+    )
+    one = (emb[:1], sparse[:1], dense[:1], True, None, target[0])
+    aliased, _ = _reference(ref, *one, inplace=True)
+    plain, _ = _reference(ref, *one, inplace=False)
+    assert rel_l2(logits[:1], aliased) <= TOL
     assert rel_l2(plain, aliased) > 1e-2
-    assert rel_l2(logits, plain) > 1e-2
+    assert rel_l2(logits[:1], plain) > 1e-2
 
 
 def test_shared_options_broadcast_over_the_batch():
     """attn_sim / target_embedding with batch 1 apply to every prompt set."""
     _, params, config = ref_impl.official_and_params(VARIANT)
-    emb, attn_sim, target, (points, labels, _, _) = _inputs(config, batch=3, seed=5)
-    sparse, dense = encode_prompts(params, config=config, points=points, point_labels=labels)
-    kw = dict(config=config, multimask_output=False)
-    shared, _ = decode_masks(
-        params, emb, sparse, dense, attn_sim=attn_sim[:1], target_embedding=target[:1], **kw
+    emb, attn_sim, target, (points, labels, boxes, masks) = _inputs(config, batch=2, seed=3)
+    sparse, dense = encode_prompts(
+        params, config=config, points=points, point_labels=labels, boxes=boxes, masks=masks
     )
-    tiled, _ = decode_masks(
+    decode = _jitted_decode(config, True)
+    shared, _ = decode(
+        params, emb, sparse, dense, attn_sim=attn_sim[:1], target_embedding=target[:1]
+    )
+    tiled, _ = decode(
         params,
         emb,
         sparse,
         dense,
-        attn_sim=np.repeat(attn_sim[:1], 3, 0),
-        target_embedding=np.repeat(target[:1], 3, 0),
-        **kw,
+        attn_sim=np.repeat(attn_sim[:1], 2, 0),
+        target_embedding=np.repeat(target[:1], 2, 0),
     )
     np.testing.assert_allclose(shared, tiled, rtol=1e-6, atol=1e-6)
