@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.lr = 1e-3  # official --lr 1e-3
         c.model.adam_eps = 1e-4  # official AdamW(eps=1e-4)
         c.model.weight_decay = 0.01  # official: torch AdamW's default
+        # persam_f_multi_obj.py's loop: 1 = off (persam_f.py); that script uses 10 and 0.8
+        c.model.max_objects = 1
+        c.model.iou_threshold = 0.8
     else:
         c.model.target_guided_attention = True  # official persam.py: attn_sim
         c.model.target_semantic_prompting = True  # official persam.py: target_embedding
@@ -81,6 +84,12 @@ def sweep_folds(add):
     """The four folds (COCO-20i / PASCAL-5i)."""
     for fold in range(4):
         add(**{"data.fold": fold})
+
+
+def sweep_persam_f_multi_object(add):
+    """PerSAM-F (`persam_f` arg) with persam_f_multi_obj.py's loop (up to 10 objects)."""
+    add(**{"model.max_objects": 1})
+    add(**{"model.max_objects": 10})
 
 
 def sweep_persam_ablation(add):

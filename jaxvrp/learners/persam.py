@@ -31,6 +31,8 @@ point, its own mask at full resolution) with Dice + sigmoid focal loss, AdamW (l
 under `no_grad`, so its logits are constants of the fit: the decoder runs once and the steps
 are one `lax.scan`. Then: refinement 1 with the box of the weighted mask and the weighted
 low-res logits as mask input, refinement 2 with the box and logits of the best mask.
+`max_objects` > 1 adds `persam_f_multi_obj.py`'s loop: found objects are blacked out and the
+query re-encoded until a mask repeats an earlier one (IoU >= 0.8); the output is the union.
 
 Mapping onto the batch (the official code works per image at its original size):
 - The batch images (B, H, W) are the "original" images. SAM sees them as every jaxvrp
@@ -54,6 +56,7 @@ Mapping onto the batch (the official code works per image at its original size):
 """
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import jax
@@ -93,6 +96,9 @@ class PerSAMConfig:
     weight_decay: float = 0.01  # torch AdamW's default
     focal_alpha: float = 0.25  # calculate_sigmoid_focal_loss defaults
     focal_gamma: float = 2.0
+    # PerSAM-F multi-object loop (persam_f_multi_obj.py): 1 = off (persam_f.py).
+    max_objects: int = 1  # persam_f_multi_obj.py --max_objects 10
+    iou_threshold: float = 0.8  # persam_f_multi_obj.py --iou_threshold 0.8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -106,6 +112,10 @@ class PerSAMConfig:
                 f"mask_value {self.mask_value} must exceed SAM's red pixel mean "
                 f"{self.sam.pixel_mean[0]}, else every reference mask is empty"
             )
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.method == "persam" and self.max_objects != 1:
+            raise ValueError("max_objects is a PerSAM-F option (persam_f_multi_obj.py)")
         if self.method == "persam_f":
             persam_only = ("target_guided_attention", "target_semantic_prompting", "negative_point")
             changed = [n for n in persam_only if not getattr(self, n)]
@@ -362,6 +372,73 @@ def fit_mask_weights(
 # ----------------------------------------------------------------------------- predict
 
 
+def _persam_f_query(sam_params, embeddings, out_size, *, t, weights, config):
+    """PerSAM-F on query embeddings (B, g, g, C) with fitted weights (B, 3): logits (B, H, W)
+    and the positive point (B, 1, 2)."""
+    b = embeddings.shape[0]
+    pos, _ = select_points(location_confidence(embeddings, t, out_size, config))
+    points, labels = pos[:, None], jnp.ones((b, 1), jnp.int32)
+    low, _, high = _decode(sam_params, embeddings, points, labels, out_size, config, multimask=True)
+    hp = jax.lax.Precision.HIGHEST
+    high = jnp.einsum("bm,bmyx->byx", weights, high, precision=hp)
+    low = jnp.einsum("bm,bmyx->byx", weights, low, precision=hp)
+    logits = _refine(
+        sam_params,
+        embeddings,
+        points,
+        labels,
+        low,
+        high,
+        out_size,
+        config,
+        passes=config.refinement,
+        box_first=True,
+    )
+    return logits, points
+
+
+def _multi_object(sam_params, image, first, run, config):
+    """persam_f_multi_obj.py's test loop: after each object its pixels are set to black and
+    the image is re-encoded, up to `max_objects` objects; the loop stops at the first mask
+    whose IoU with an earlier one is >= `iou_threshold` (that mask is dropped).
+
+    image (B, H, W, 3) SAM-normalised, first (B, H, W) the first object's logits ->
+    logits of the union of the kept objects (their maximum) (B, H, W), and how many (B,).
+    The official script draws every kept object but writes only the last mask computed
+    (even a dropped duplicate) to its PNG; the union is what it shows.
+    """
+    b, h, w, _ = image.shape
+    n = config.max_objects
+    mean, std = jnp.asarray(config.sam.pixel_mean), jnp.asarray(config.sam.pixel_std)
+    black = -mean / std  # uint8 0 after SAM's normalisation
+    mask = first > 0
+    history = jnp.zeros((n, b, h, w), bool).at[0].set(mask)
+    image = jnp.where(mask[..., None], black, image)
+    state = (jnp.int32(1), image, first, history, jnp.zeros((b,), bool), jnp.ones((b,), jnp.int32))
+
+    def cond(state):
+        i, *_, done, _ = state
+        return (i < n) & ~done.all()
+
+    def body(state):
+        i, image, union, history, done, count = state
+        emb = vrp.sam_embeddings(sam_params, image, config)
+        logits, _ = run(emb, (h, w))
+        mask = logits > 0
+        inter = (history & mask).sum(axis=(2, 3))
+        uni = (history | mask).sum(axis=(2, 3))  # (n, B)
+        iou = jnp.where(uni > 0, inter / jnp.maximum(uni, 1), 0.0)  # official: 0 / 0 = NaN
+        dup = ((iou >= config.iou_threshold) & (jnp.arange(n) < i)[:, None]).any(axis=0)
+        keep = ~done & ~dup
+        history = history.at[i].set(mask & keep[:, None, None])
+        union = jnp.where(keep[:, None, None], jnp.maximum(union, logits), union)
+        image = jnp.where(mask[..., None], black, image)
+        return i + 1, image, union, history, done | dup, count + keep
+
+    _, _, union, _, _, count = jax.lax.while_loop(cond, body, state)
+    return union, count
+
+
 def _embeddings(sam_params: Params, batch: dict, config: PerSAMConfig):
     support = batch["support_images"]
     b, k = support.shape[:2]
@@ -375,7 +452,8 @@ def predict(sam_params: Params, batch: dict, config: PerSAMConfig) -> dict[str, 
 
     Returns "logits" (B, H, W) at the query size, "points" (B, P, 2) (x, y) query pixels
     with "point_labels" (B, P), "valid" (B,) (a usable reference mask), and for PerSAM-F
-    "mask_weights" (B, 3) and "fit_losses" (steps, B).
+    "mask_weights" (B, 3) and "fit_losses" (steps, B), with `max_objects` > 1 also
+    "num_objects" (B,) (the logits are then those of the union of the objects found).
     """
     query, support = batch["query_image"], batch["support_images"]
     ann = batch["support_annotations"]
@@ -436,23 +514,11 @@ def predict(sam_params: Params, batch: dict, config: PerSAMConfig) -> dict[str, 
         weights, history = fit_mask_weights(
             ref_high.reshape(b, k, *ref_high.shape[1:]), ann > 0, valid_shot.reshape(b, k), config
         )
-        points, labels = pos[:, None], jnp.ones((b, 1), jnp.int32)
-        low, _, high = _decode(sam_params, q_emb, points, labels, out_size, config, multimask=True)
-        hp = jax.lax.Precision.HIGHEST
-        high = jnp.einsum("bm,bmyx->byx", weights, high, precision=hp)
-        low = jnp.einsum("bm,bmyx->byx", weights, low, precision=hp)
-        logits = _refine(
-            sam_params,
-            q_emb,
-            points,
-            labels,
-            low,
-            high,
-            out_size,
-            config,
-            passes=config.refinement,
-            box_first=True,
-        )
+        run = partial(_persam_f_query, sam_params, t=t, weights=weights, config=config)
+        logits, points = run(q_emb, out_size)
+        labels = jnp.ones((b, 1), jnp.int32)
+        if config.max_objects > 1:
+            logits, out["num_objects"] = _multi_object(sam_params, query, logits, run, config)
         out["mask_weights"], out["fit_losses"] = weights, history
     out["logits"] = jnp.where(valid[:, None, None], logits, EMPTY_LOGIT)
     out["points"], out["point_labels"] = points, labels

@@ -305,9 +305,23 @@ def focal_loss(inputs, targets, alpha=0.25, gamma=2):
     return loss.mean(1).sum()
 
 
-def persam_f(sam, ref_image, ref_mask, test_image, train_epoch=1000, lr=1e-3):
-    """persam_f.py for one (reference, test) pair: (final logits (H, W), points, labels,
-    fitted weights (3,))."""
+def calculate_iou(mask1, mask2):
+    """persam_f_multi_obj.py `calculate_iou` on bool masks (0 / 0 = NaN, as there)."""
+    with np.errstate(invalid="ignore"):
+        return np.logical_and(mask1, mask2).sum() / np.logical_or(mask1, mask2).sum()
+
+
+def persam_f(
+    sam, ref_image, ref_mask, test_image, train_epoch=1000, lr=1e-3, max_objects=1, thr=0.8
+):
+    """persam_f.py for one (reference, test) pair: a dict with "logits" (H, W), "points",
+    "labels", "weights" (3,), and "objects" / "union" for the multi-object loop.
+
+    `max_objects` > 1: persam_f_multi_obj.py's test loop (found objects blacked out, the
+    image re-encoded, stop at IoU >= `thr` with an earlier mask); "union" is the maximum
+    over the kept objects' logits, "objects" their number. Its first iteration is
+    persam_f.py's test, whose result is "logits".
+    """
     predictor = Predictor(sam)
     gt_mask = torch.tensor(ref_mask > 0).float().unsqueeze(0).flatten(1)
     with torch.no_grad():
@@ -339,28 +353,47 @@ def persam_f(sam, ref_image, ref_mask, test_image, train_epoch=1000, lr=1e-3):
     weights = torch.cat((1 - weights_param.sum(0).unsqueeze(0), weights_param), dim=0).detach()
     weights_np = weights.numpy()
 
-    with torch.no_grad():
-        predictor.set_image(test_image)
-        sim = _similarity(predictor, target_feat, predictor.features.squeeze())
-        topk_xy, topk_label = point_selection(sim, topk=1, negative=False)
-        masks, scores, logits, logits_high = predictor.predict(
-            topk_xy, topk_label, multimask_output=True
+    test_image = test_image.copy()
+    black = (-sam.pixel_mean / sam.pixel_std).flatten().numpy()  # uint8 0, normalised
+    history, union, first = [], None, None
+    for _ in range(max_objects):
+        final_mask, final_logits, topk_xy, topk_label = _persam_f_test(
+            predictor, target_feat, weights, weights_np, test_image
         )
-        logit_high = (logits_high * weights.unsqueeze(-1)).sum(0)
-        mask = (logit_high > 0).numpy()
-        logit = (logits * weights_np[..., None]).sum(0)
-        box = _bbox(mask)
-        masks, scores, logits, high = predictor.predict(
-            topk_xy, topk_label, box=box[None], mask_input=logit[None], multimask_output=True
-        )
-        best_idx = np.argmax(scores)
-        box = _bbox(masks[best_idx])
-        masks, scores, logits, high = predictor.predict(
-            topk_xy,
-            topk_label,
-            box=box[None],
-            mask_input=logits[best_idx : best_idx + 1],
-            multimask_output=True,
-        )
-        best_idx = np.argmax(scores)
-    return high[best_idx].numpy(), topk_xy, topk_label, weights_np[:, 0]
+        if first is None:
+            first = {"logits": final_logits, "points": topk_xy, "labels": topk_label}
+        test_image[final_mask] = black
+        if any(calculate_iou(h, final_mask) >= thr for h in history):
+            break
+        history.append(final_mask)
+        union = final_logits if union is None else np.maximum(union, final_logits)
+    return {**first, "weights": weights_np[:, 0], "union": union, "objects": len(history)}
+
+
+@torch.no_grad()
+def _persam_f_test(predictor, target_feat, weights, weights_np, test_image):
+    """persam_f.py's test part for one image: (final mask, its logits, points, labels)."""
+    predictor.set_image(test_image)
+    sim = _similarity(predictor, target_feat, predictor.features.squeeze())
+    topk_xy, topk_label = point_selection(sim, topk=1, negative=False)
+    masks, scores, logits, logits_high = predictor.predict(
+        topk_xy, topk_label, multimask_output=True
+    )
+    logit_high = (logits_high * weights.unsqueeze(-1)).sum(0)
+    mask = (logit_high > 0).numpy()
+    logit = (logits * weights_np[..., None]).sum(0)
+    box = _bbox(mask)
+    masks, scores, logits, high = predictor.predict(
+        topk_xy, topk_label, box=box[None], mask_input=logit[None], multimask_output=True
+    )
+    best_idx = np.argmax(scores)
+    box = _bbox(masks[best_idx])
+    masks, scores, logits, high = predictor.predict(
+        topk_xy,
+        topk_label,
+        box=box[None],
+        mask_input=logits[best_idx : best_idx + 1],
+        multimask_output=True,
+    )
+    best_idx = np.argmax(scores)
+    return masks[best_idx], high[best_idx].numpy(), topk_xy, topk_label

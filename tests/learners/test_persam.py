@@ -17,6 +17,7 @@ from tests.sam.official import TOL
 
 SAM = "tiny_128"  # 128-pixel input, 16x16 embedding grid, 64x64 low-res logits
 SIZE = 96  # batch images: resized to 128 for SAM, logits post-processed back to 96
+MAX_OBJECTS = 4  # persam_f_multi_obj.py's loop (official 10), shortened
 STEPS = 50  # PerSAM-F fit: the official schedule (CosineAnnealingLR(T_max=steps)) over 50
 
 
@@ -47,11 +48,34 @@ def setup():
     ref, params, _ = reference.official_and_params(SAM)
     batch = _batch()
     outs = {}
-    for method in persam.METHODS:
-        config = persam.make_config(sam=SAM, method=method, train_steps=STEPS)
+    runs = {
+        "persam": dict(method="persam"),
+        "persam_f": dict(method="persam_f", train_steps=STEPS),
+        "multi": dict(method="persam_f", train_steps=STEPS, max_objects=MAX_OBJECTS),
+    }
+    for name, options in runs.items():
+        config = persam.make_config(sam=SAM, **options)
         out = jax.jit(partial(persam.predict, config=config))(params, batch)
-        outs[method] = jax.tree.map(np.asarray, out)
+        outs[name] = jax.tree.map(np.asarray, out)
     return ref, params, batch, outs
+
+
+@pytest.fixture(scope="module")
+def persam_f_references(setup):
+    """The torch PerSAM-F of items 0 and 1, with the multi-object loop (its first object is
+    persam_f.py's result)."""
+    ref, _, batch, _ = setup
+    return [
+        reference.persam_f(
+            ref,
+            batch["support_images"][b, 0],
+            batch["support_annotations"][b, 0],
+            batch["query_image"][b],
+            train_epoch=STEPS,
+            max_objects=MAX_OBJECTS,
+        )
+        for b in (0, 1)
+    ]
 
 
 def _assert_masks_match(logits, ref_logits):
@@ -78,26 +102,33 @@ def test_persam_matches_the_official_pipeline(setup):
         assert rel_l2(out["logits"][b], ref_logits) <= TOL
 
 
-def test_persam_f_weights_and_masks_match_the_official_fit(setup):
-    ref, _, batch, outs = setup
+def test_persam_f_weights_and_masks_match_the_official_fit(setup, persam_f_references):
+    _, _, _, outs = setup
     out = outs["persam_f"]
     assert out["fit_losses"].shape == (STEPS, 3)
-    for b in (0, 1):
-        ref_logits, xy, labels, weights = reference.persam_f(
-            ref,
-            batch["support_images"][b, 0],
-            batch["support_annotations"][b, 0],
-            batch["query_image"][b],
-            train_epoch=STEPS,
-        )
-        assert np.abs(out["mask_weights"][b] - weights).max() <= 1e-4
-        assert np.abs(weights - 1 / 3).max() > 1e-3  # the fit moved the weights
+    for b, r in enumerate(persam_f_references):
+        assert np.abs(out["mask_weights"][b] - r["weights"]).max() <= 1e-4
+        assert np.abs(r["weights"] - 1 / 3).max() > 1e-3  # the fit moved the weights
         np.testing.assert_allclose(out["mask_weights"][b].sum(), 1.0, atol=1e-6)
-        np.testing.assert_array_equal(out["points"][b], xy)
-        np.testing.assert_array_equal(out["point_labels"][b], labels)
-        _assert_masks_match(out["logits"][b], ref_logits)
-        assert rel_l2(out["logits"][b], ref_logits) <= TOL
+        np.testing.assert_array_equal(out["points"][b], r["points"])
+        np.testing.assert_array_equal(out["point_labels"][b], r["labels"])
+        _assert_masks_match(out["logits"][b], r["logits"])
+        assert rel_l2(out["logits"][b], r["logits"]) <= TOL
         assert out["fit_losses"][-1, b] < out["fit_losses"][0, b]
+
+
+def test_persam_f_multi_object_loop_matches_the_official(setup, persam_f_references):
+    """persam_f_multi_obj.py's test loop: the union of the objects found before the first
+    duplicate (IoU >= 0.8), each found object blacked out and the image re-encoded."""
+    _, _, _, outs = setup
+    out, single = outs["multi"], outs["persam_f"]
+    for b, r in enumerate(persam_f_references):
+        assert out["num_objects"][b] == r["objects"]
+        np.testing.assert_array_equal(out["points"][b], r["points"])
+        _assert_masks_match(out["logits"][b], r["union"])
+        # the union contains the single-object mask
+        assert np.all(out["logits"][b][single["logits"][b] > 0] > 0)
+    assert max(r["objects"] for r in persam_f_references) > 1  # more than one object found
 
 
 def test_empty_reference_gives_an_empty_mask(setup):
@@ -195,6 +226,8 @@ def test_configs_and_registration():
         persam.make_config(sam=SAM, mask_value=100.0)
     with pytest.raises(ValueError, match="PerSAM options"):
         persam.make_config_f(sam=SAM, negative_point=False)
+    with pytest.raises(ValueError, match="max_objects"):
+        persam.make_config(sam=SAM, max_objects=3)
     with pytest.raises(ValueError, match="refinement"):
         persam.make_config(sam=SAM, refinement=3)
     with pytest.raises(ValueError, match="support_annotations"):
