@@ -93,8 +93,10 @@ def sweep_persam_f_multi_object(add):
 
 
 def sweep_persam_ablation(add):
-    """PerSAM's components switched off one at a time (PerSAM paper's ablation of
-    target-guided attention, target-semantic prompting and the cascaded refinement)."""
+    """PerSAM's components switched off one at a time: target-guided attention,
+    target-semantic prompting, the negative point, the cascaded refinement (the components
+    of official persam.py; which combinations the PerSAM paper's ablation table ran is not
+    checked here)."""
     add()
     add(**{"model.target_guided_attention": False})
     add(**{"model.target_semantic_prompting": False})

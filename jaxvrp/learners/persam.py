@@ -85,7 +85,7 @@ class PerSAMConfig:
     mask_value: float = 128.0
     # Cascaded post-refinement passes after the first prediction (both official scripts: 2).
     refinement: int = 2
-    # PerSAM only (persam.py; the paper's ablations switch them off):
+    # PerSAM only (persam.py), switches for ablations:
     target_guided_attention: bool = True
     target_semantic_prompting: bool = True
     negative_point: bool = True
