@@ -23,6 +23,8 @@ BUILTIN = {
     "samic": "jaxvrp.learners.samic",
     "gp_sam": "jaxvrp.baselines",
     "oracle_box": "jaxvrp.baselines",
+    "persam": "jaxvrp.learners.persam",
+    "persam_f": "jaxvrp.learners.persam",
 }
 
 _LEARNERS: dict[str, Learner] = {}

@@ -36,6 +36,8 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: jax.Array,
         dense_prompt_embeddings: jax.Array,
         multimask_output: bool,
+        attn_sim: jax.Array | None = None,
+        target_embedding: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Predict masks.
 
@@ -45,6 +47,11 @@ class MaskDecoder(nn.Module):
           sparse_prompt_embeddings: (B, N, C).
           dense_prompt_embeddings: (B, h, w, C).
           multimask_output: masks 1..3 if True, else mask 0.
+          attn_sim: PerSAM's target-guided attention, (B or 1, h, w) or (B or 1, h*w),
+            added to the softmaxed token->image attention of each two-way block and softmaxed
+            again (official per_segment_anything); None = off.
+          target_embedding: PerSAM's target-semantic prompt, (B or 1, C), added to the
+            tokens with the official aliasing (see `TwoWayTransformer`); None = off.
 
         Returns:
           low-resolution mask logits (B, M, 4h, 4w) and IoU predictions (B, M), float32.
@@ -72,7 +79,7 @@ class MaskDecoder(nn.Module):
             self.transformer_mlp_dim,
             dtype=dt,
             name="transformer",
-        )(src, pos_src, tokens)
+        )(src, pos_src, tokens, attn_sim, target_embedding)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -75,9 +75,23 @@ class Sam(nn.Module):
     def encode_prompts(self, points, boxes, masks):
         return self.prompt_encoder(points, boxes, masks)
 
-    def decode_masks(self, image_embeddings, sparse, dense, multimask_output: bool):
+    def decode_masks(
+        self,
+        image_embeddings,
+        sparse,
+        dense,
+        multimask_output: bool,
+        attn_sim=None,
+        target_embedding=None,
+    ):
         return self.mask_decoder(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+            attn_sim,
+            target_embedding,
         )
 
     def __call__(self, images, points, boxes, masks, multimask_output: bool = True):
@@ -151,10 +165,15 @@ def decode_masks(
     *,
     config: SamConfig,
     multimask_output: bool,
+    attn_sim: jax.Array | None = None,
+    target_embedding: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Image b with prompt set b -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M).
 
     `image_embeddings` may have batch 1 to share one image among all prompt sets.
+    PerSAM's decoder options (`docs/persam.md`; None = the official SAM): `attn_sim`
+    (B or 1, h, w) target-guided attention, `target_embedding` (B or 1, C) target-semantic
+    prompt.
     """
     return Sam(config).apply(
         {"params": params},
@@ -162,6 +181,8 @@ def decode_masks(
         sparse_embeddings,
         dense_embeddings,
         multimask_output,
+        attn_sim,
+        target_embedding,
         method=Sam.decode_masks,
     )
 
@@ -176,11 +197,20 @@ def predict_masks(
     boxes: jax.Array | None = None,
     masks: jax.Array | None = None,
     multimask_output: bool = True,
+    attn_sim: jax.Array | None = None,
+    target_embedding: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """`encode_prompts` followed by `decode_masks`."""
+    """`encode_prompts` followed by `decode_masks` (PerSAM options: see `decode_masks`)."""
     sparse, dense = encode_prompts(
         params, config=config, points=points, point_labels=point_labels, boxes=boxes, masks=masks
     )
     return decode_masks(
-        params, image_embeddings, sparse, dense, config=config, multimask_output=multimask_output
+        params,
+        image_embeddings,
+        sparse,
+        dense,
+        config=config,
+        multimask_output=multimask_output,
+        attn_sim=attn_sim,
+        target_embedding=target_embedding,
     )
