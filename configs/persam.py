@@ -12,30 +12,17 @@ Nothing is trained: there is no optimizer block (PerSAM-F's per-reference fit is
 
 import ml_collections
 
-_KEYS = {"dataset": str, "fold": int, "label": str, "shots": int, "sam": str}
-_FLAGS = ("persam_f", "runlocal")
-
-
-def _parse(arg: str | None) -> tuple[dict, set[str]]:
-    values, flags = {}, set()
-    for item in filter(None, (arg or "").split(",")):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            if k not in _KEYS:
-                raise ValueError(f"unknown config arg {k!r}; known: {sorted(_KEYS)} and {_FLAGS}")
-            values[k] = _KEYS[k](v)
-        elif item in _FLAGS:
-            flags.add(item)
-        else:
-            raise ValueError(f"config arg {item!r} is neither key=value nor one of {_FLAGS}")
-    return values, flags
+from jaxvrp import configs
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    values, flags = _parse(arg)
-    runlocal, fine_tune = "runlocal" in flags, "persam_f" in flags
-    c = ml_collections.ConfigDict()
-    c.learner = "persam_f" if fine_tune else "persam"
+    flags = {x for x in (arg or "").split(",") if x == "persam_f"}
+    rest = ",".join(x for x in (arg or "").split(",") if x and x != "persam_f")
+    values, other = configs.parse_arg(rest)
+    if "backbone" in values:
+        raise ValueError("unknown config arg 'backbone': PerSAM reads only the SAM")
+    runlocal, fine_tune = "runlocal" in other, "persam_f" in flags
+    c = configs.base("persam_f" if fine_tune else "persam", values, runlocal)
     c.seed = 0  # nothing is random in PerSAM; kept for the shared tools
 
     # the keyword arguments of jaxvrp.learners.persam.make_config / make_config_f
@@ -57,25 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.target_semantic_prompting = True  # official persam.py: target_embedding
         c.model.negative_point = True  # official persam.py: the top-last point, label 0
 
-    c.frozen = ml_collections.ConfigDict()
-    c.frozen.sam_checkpoint = ""  # conversion.sam output; empty = random (runlocal/tests)
-    c.frozen.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = values.get("dataset", "procedural" if runlocal else "coco20i")  # VRP-SAM
-    # Table 1 compares PerSAM on COCO-20i (23.0 / 23.5 mIoU)
-    c.data.data_dir = ""
-    c.data.manual_dir = ""
-    c.data.fold = values.get("fold", 0)
-    c.data.shots = values.get("shots", 1)  # official: one reference (K > 1: mean embedding)
+    # VRP-SAM Table 1 compares PerSAM on COCO-20i (23.0 / 23.5 mIoU)
+    c.data.dataset = values.get("dataset", "procedural" if runlocal else "coco20i")
     c.data.annotation = values.get("label", "mask")  # official: a mask reference
-    c.data.image_size = 64 if runlocal else 512  # VRP-SAM protocol (512, resized to 1024)
-    c.data.num_eval_episodes = 8 if runlocal else 1000  # VRP-SAM / HSNet protocol
-    c.data.num_workers = 0
-    c.data.procedural_config = "small" if runlocal else "default"
-    c.data.embedding_cache = ""
-
-    c.batch_size = 2 if runlocal else 8  # evaluation batch; results do not depend on it
+    # evaluation at the VRP-SAM protocol's 512 (resized to SAM's 1024); batch 8 (results do
+    # not depend on it); nothing is trained: the optimizer block is unused
     c.lock()
     return c
 

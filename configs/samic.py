@@ -19,22 +19,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     runlocal = "runlocal" in flags
     if values.get("label", "mask") != "mask":
         raise ValueError("SAMIC derives its point prompts from masks: label must be 'mask'")
-    c = ml_collections.ConfigDict()
-    c.learner = "samic"
-    c.seed = 321  # not given by the paper; the other learners' seed
-    c.distributed = False
-    c.coordinator_address = ""
-    c.num_processes = 0
-    c.process_id = -1
+    c = configs.base("samic", values, runlocal)  # seed 321: not given by the paper
 
     c.model = ml_collections.ConfigDict()
-    c.model.backbone = values.get("backbone", "resnet50")  # paper §4.2: ResNet-50, frozen
-    c.model.sam = values.get("sam", "vit_h")  # unnamed in the paper; its PerSAM baseline: ViT-H
+    default_backbone = "resnet_test" if runlocal else "resnet50"
+    c.model.backbone = values.get("backbone", default_backbone)  # paper §4.2: ResNet-50, frozen
+    # unnamed in the paper; its PerSAM baseline is ViT-H
+    c.model.sam = values.get("sam", "test_small_image" if runlocal else "vit_h")
     c.model.sam_dtype = "float32"
-    c.model.num_4d_layers = 3  # paper Table 5 (chosen depth) = HSNet learner.py
+    c.model.num_4d_layers = 1 if runlocal else 3  # paper Table 5 (chosen depth) = HSNet
     c.model.sigma = 0.02  # paper §3.2
     c.model.threshold = 0.5  # paper §3.4, tau
-    c.model.max_components = 8  # ours: static bound on prompts per image (largest kept)
+    c.model.max_components = 3 if runlocal else 8  # ours: static bound on prompts per image
     c.model.point = "centroid"  # paper §3.4 (moments); "peak" = the component's maximum
     c.model.sam_calls = "per_component"  # ours (SAMBOX §3.1 unites per-object masks); "joint"
     c.model.heatmap = "channel_softmax"  # ours: §3.3 "followed by softmax"; "spatial_softmax"
@@ -46,62 +42,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.eps = 1e-6  # paper §3.5
     c.model.multimask_output = False  # ours (unstated in the paper)
     c.model.connectivity = 8  # ours: cv2.findContours' outer contours are 8-connected
+    # points from the masks on the host (Learner.prepare; docs/samic.md): "interior" points,
+    # at most max_points per mask
+    c.model.max_points = 3 if runlocal else 8  # ours: P, the padded number of points
+    c.model.points_seed = 0
 
-    c.points = ml_collections.ConfigDict()
-    c.points.method = "interior"  # ours ("sam_greedy": SAMBOX-like, SAM in the loop)
-    c.points.max_points = 8  # ours: P, the padded number of points per mask
-    c.points.seed = 0
-    c.points.min_gain = 0.01  # sam_greedy: stop when a point adds under 1 IoU point
-    c.points.cache_dir = ""  # sam_greedy: mask_points.PointCache directory; empty = none
-
-    c.frozen = ml_collections.ConfigDict()
-    c.frozen.sam_checkpoint = ""  # conversion.sam output; empty = random (runlocal/tests)
-    c.frozen.backbone_checkpoint = ""  # conversion.backbone output (torchvision resnet50)
-    c.frozen.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = values.get("dataset", "procedural" if runlocal else "pascal5i")
-    c.data.data_dir = ""
-    c.data.manual_dir = ""
-    c.data.fold = values.get("fold", 0)
-    c.data.shots = values.get("shots", 1)
     c.data.annotation = "mask"  # points come from the reference masks (mask_points)
-    c.data.image_size = 224  # paper §4.2: 224 x 224 reference and target images
-    c.data.train_fraction = 0.2  # paper §4.1: 20 % of each class's training data
-    c.data.num_eval_episodes = 1000  # paper §4.1: "the standard evaluation scheme in [HSNet]"
-    c.data.num_workers = 0
-    c.data.procedural_config = "default"
-    c.data.embedding_cache = ""
-
-    c.batch_size = 4  # paper §4.2
-    c.optimizer = ml_collections.ConfigDict()
+    if not runlocal:
+        c.data.image_size = 224  # paper §4.2: 224 x 224 reference and target images
+        c.batch_size = 4  # paper §4.2
     c.optimizer.lr = 1e-3  # paper §4.2 (= HSNet train.py)
     c.optimizer.weight_decay = 0.0  # HSNet train.py: plain Adam
     c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8  # torch Adam defaults
     c.optimizer.schedule = "constant"  # paper: "initial learning rate"; HSNet: no schedule
-    c.epochs = 300  # paper §4.2: converges within 300 epochs (an upper bound)
-    c.early_stopping_patience = 10  # paper §4.2: epochs without a lower *training* loss
-    c.early_stopping_metric = "train_loss"  # paper §4.2 (not validation mIoU)
-    c.steps_per_epoch = 1000  # set to (20 % of the training list) / batch_size
-    c.total_steps = c.get_ref("epochs") * c.get_ref("steps_per_epoch")
-    c.stop_after = 0
-    c.log_every = 50
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
-
-    if runlocal:
-        c.model.backbone = values.get("backbone", "resnet_test")
-        c.model.sam = values.get("sam", "test_small_image")
-        c.model.num_4d_layers = 1
-        c.model.max_components = 3
-        c.points.max_points = 3
-        c.data.image_size = 64
-        c.data.num_eval_episodes = 8
-        c.data.procedural_config = "small"
-        c.batch_size = 2
-        c.epochs, c.steps_per_epoch = 1, 4
-        c.log_every = 1
-        c.checkpoint_every = 2
+    # paper §4.2: converges within 300 epochs (an upper bound); its 20 % of each class's
+    # training data and early stopping on the training loss are not in the trainer yet
+    c.epochs = 1 if runlocal else 300
     c.lock()
     return c
 

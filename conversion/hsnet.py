@@ -149,8 +149,8 @@ def convert(
     return save_converted(out, params, metadata, checkpoint, overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m conversion.hsnet", __doc__, "official HSNet state dict")
+def main(argv: list[str] | None = None, prog: str = "python -m conversion.hsnet") -> int:
+    parser = cli_parser(prog, __doc__, "official HSNet state dict")
     parser.add_argument("--backbone", help="backbone arch (default: from the keys)")
     args = parser.parse_args(argv)
     return run_cli(

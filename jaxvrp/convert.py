@@ -4,6 +4,7 @@
     jaxvrp convert sam --checkpoint sam_vit_h_4b8939.pth --out ckpt/sam_vit_h
     jaxvrp convert backbone --arch resnet50_deepstem --checkpoint r50.pth --out ckpt/r50
     jaxvrp convert vrp_sam --checkpoint best_model.pt --out ckpt/vrp_sam
+    jaxvrp convert hsnet --checkpoint best_model.pt --out ckpt/hsnet
     jaxvrp convert KIND --help
 
 Every converter is strict: a key that does not map exits 2, lists every problem and writes
@@ -21,6 +22,7 @@ CONVERTERS = {
     "sam": ("conversion.sam", "official SAM checkpoints (vit_b / vit_l / vit_h)"),
     "backbone": ("conversion.backbone", "ResNet / VGG / DINOv2 backbones"),
     "vrp_sam": ("conversion.vrp_sam", "official VRP-SAM learner checkpoints (with backbone)"),
+    "hsnet": ("conversion.hsnet", "official HSNet learner checkpoints (with backbone)"),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvrp.image import resize_bilinear
 from jaxvrp.learners import heatmaps, hsnet, registry
@@ -63,6 +64,11 @@ class SAMICConfig:
     eps: float = 1e-6  # §3.5
     multimask_output: bool = False  # True: SAM's best-of-three by predicted IoU
     connectivity: int = 8  # 8 matches cv2.findContours' outer contours; or 4
+    # how `prepare` derives the point keys from the batch's masks on the host
+    # (`mask_points.add_points`, method "interior": one point per connected component,
+    # farthest from its boundary); "sam_greedy" needs the SAM and runs offline
+    max_points: int = 8  # P, the padded number of points per mask
+    points_seed: int = 0
 
 
 def _check(config: SAMICConfig) -> None:
@@ -330,6 +336,22 @@ def loss_fn(
     )
 
 
+def prepare(batch: dict, config: SAMICConfig) -> dict:
+    """The protocol's host-side step: SAMIC's point keys from the batch's reference masks
+    (and the query mask when there is one), "interior" points, seeded by `points_seed`.
+    Keys already in the batch (precomputed, e.g. SAM-greedy points) are kept."""
+    if all(k in batch for k in POINT_KEYS[:2]):
+        return batch
+    from jaxvrp.learners import mask_points
+
+    return mask_points.add_points(
+        {k: np.asarray(v) for k, v in batch.items()},
+        max_points=config.max_points,
+        method="interior",
+        seed=config.points_seed,
+    )
+
+
 def frozen_spec(config: SAMICConfig) -> FrozenSpec:
     """SAMIC reads HSNet's frozen backbone and prompts a frozen SAM."""
     return FrozenSpec(sam=config.sam, backbone=config.hsnet.backbone)
@@ -346,5 +368,6 @@ LEARNER = registry.register(
         frozen=frozen_spec,
         module=__name__,
         batch_keys=POINT_KEYS,
+        prepare=prepare,
     )
 )

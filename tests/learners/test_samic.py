@@ -553,8 +553,8 @@ def test_configs_file_defaults_and_sweeps():
     spec.loader.exec_module(mod)
     c = mod.get_config()
     assert c.learner == "samic" and c.data.image_size == 224 and c.batch_size == 4
-    assert (c.optimizer.lr, c.epochs, c.early_stopping_patience) == (1e-3, 300, 10)
-    assert c.data.train_fraction == 0.2
+    assert (c.optimizer.lr, c.epochs, c.optimizer.weight_decay) == (1e-3, 300, 0.0)
+    assert c.model.max_points == 8 and not c.frozen.allow_random
     cfg = registry.get(c.learner).make_config(**c.model)
     assert cfg.hsnet.num_4d_layers == 3 and cfg.sam.image_size == 1024
     local = mod.get_config("runlocal")
