@@ -12,15 +12,26 @@ every stage at a tiny size (the tests). The paths (`frozen.sam_checkpoint`,
 import ml_collections
 
 
-def method(title: str, config: str, workdir: str = "", **overrides) -> ml_collections.ConfigDict:
-    """A row of the demo's table: `configs/<config>.py` with `overrides` ("a.b" keys);
-    a trainable one trains in `OUT/<workdir>` (default: the config's name)."""
+def method(
+    title: str, config: str, workdir: str = "", arg: str = "", **overrides
+) -> ml_collections.ConfigDict:
+    """A row of the demo's table: `configs/<config>.py:<arg>` (default arg: `ARG`) with
+    `overrides` ("a.b" keys); a trainable one trains in `OUT/<workdir>` (default: the
+    config's name)."""
     m = ml_collections.ConfigDict()
     m.title = title
     m.config = config
+    m.arg = arg or ARG
     m.workdir = workdir or config
     m.overrides = ",".join(f"{k}={v}" for k, v in overrides.items())
     return m
+
+
+# the embedded SAM (jaxvrp/assets/sam_tiny_128) and its own encoder as the backbone: the
+# only models on the machine that have seen these images' kind (no download, no extra
+# training, no extra parameters); not a paper setting
+ARG = "dataset=procedural,backbone=sam_tiny_128,sam=tiny_128"
+SAM_ONLY = "dataset=procedural,sam=tiny_128"  # methods that read no backbone
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,10 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown configs/demo.py args {sorted(flags - {'runlocal'})}: runlocal")
     runlocal = "runlocal" in flags
     c = ml_collections.ConfigDict()
-    # the embedded SAM (jaxvrp/assets/sam_tiny_128) and its own encoder as the backbone: the
-    # only models on the machine that have seen these images' kind (no download, no extra
-    # training, no extra parameters); not a paper setting
-    c.arg = "dataset=procedural,backbone=sam_tiny_128,sam=tiny_128"
 
     s = c.shared = ml_collections.ConfigDict()
     s.data = ml_collections.ConfigDict()
@@ -69,6 +76,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         method("GP-SAM (points)", "gp_sam", **{"model.mode": "points"}),
         method("GP-SAM (box)", "gp_sam", **{"model.mode": "box"}),
         method("GP-SAM (points+box)", "gp_sam", **{"model.mode": "points+box"}),
+        # training-free, official Personalize-SAM settings (PerSAM-F: a 1000-step fit of
+        # its two mask weights on each episode's reference)
+        method("PerSAM", "persam", arg=SAM_ONLY),
+        method(
+            "PerSAM-F",
+            "persam",
+            arg=f"persam_f,{SAM_ONLY}",
+            **({"model.train_steps": 8} if runlocal else {}),
+        ),
         method("SAM + oracle box", "oracle_box"),
     ]
     c.examples = 8  # episodes shown in examples.png

@@ -63,7 +63,7 @@ def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict
     """{title: the ml-collections config of that method in the demo} (`configs/demo.py`)."""
     cfgs = {}
     for m in demo.methods:
-        c = importlib.import_module(f"configs.{m.config}").get_config(demo.arg)
+        c = importlib.import_module(f"configs.{m.config}").get_config(m.arg)
         c.unlock()
         configs.override(c, demo.shared.to_dict(), where=f"configs/{m.config}.py")
         configs.override(c, _parse_overrides(c, m.overrides), where=f"configs/{m.config}.py")

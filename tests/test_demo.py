@@ -52,6 +52,8 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         "GP-SAM (points)",
         "GP-SAM (box)",
         "GP-SAM (points+box)",
+        "PerSAM",
+        "PerSAM-F",
         "SAM + oracle box",
     ]
     assert list(results) == sorted(methods) or set(results) == set(methods)
@@ -60,8 +62,8 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         assert set(r["per_class_iou"]) <= {"1", "2", "3", "4", "5"}  # fold 0's novel classes
     assert "| method | mIoU |" in proc.stdout and "SAM + oracle box" in proc.stdout
     grid = np.asarray(Image.open(out / "examples.png"))
-    # a header, 2 episodes x (reference, target, 6 methods)
-    assert grid.shape == (26 + 2 * 68, 8 * 68, 3)
+    # a header, 2 episodes x (reference, target, 8 methods)
+    assert grid.shape == (26 + 2 * 68, 10 * 68, 3)
     for learner in ("vrp_sam", "prosam"):
         ckpt = checkpoint.load(out / learner / "learner")
         assert ckpt.learner.name == learner and ckpt.image_size == 64
