@@ -117,11 +117,13 @@ class TransformerDecoder(nn.Module):
         src_t = target.reshape(b, h * w, c)
         src_r = reference.reshape(b, h * w, c)
         queries = Embedding(self.num_queries, self.hidden_dim, name="supp_q_feat")()
-        out = jnp.broadcast_to(queries[None], (b, *queries.shape))
+        queries = jnp.broadcast_to(queries[None], (b, *queries.shape))
         d, n = self.hidden_dim, self.num_heads
         for i in range(self.num_layers):
+            # As the official forward: every layer starts again from the learned queries and
+            # only the last layer's output is returned (earlier layers do not contribute).
             out = CrossAttentionLayer(d, n, name=f"transformer_cross_attention_layers_0_{i}")(
-                out, src_r, pos
+                queries, src_r, pos
             )
             out = SelfAttentionLayer(d, n, name=f"transformer_self_attention_layers_0_{i}")(out)
             out = CrossAttentionLayer(d, n, name=f"transformer_cross_attention_layers_{i}")(

@@ -8,6 +8,12 @@ fraction of the cost; they exist so the suite can run parity tests on 2 CPU core
 import dataclasses
 from typing import Any
 
+# How the image encoder computes attention (`jaxvrp.sam.image_encoder.Attention`).
+ATTENTION_KINDS = ("xla", "dot_product", "dot_product_bias")
+# SamConfig fields that choose how the model is computed, not what it computes: excluded
+# from `architecture()`, so a checkpoint loads into a config that differs only in these.
+COMPUTE_FIELDS = ("dtype", "attention", "scan_blocks")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
@@ -36,6 +42,16 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     # Compute dtype ("float32" or "bfloat16"); parameters always stay float32.
     dtype: str = "float32"
+    # Image-encoder attention: "xla" (the official formulation), "dot_product" or
+    # "dot_product_bias" (`jax.nn.dot_product_attention`, cuDNN on NVIDIA GPUs). Same outputs.
+    attention: str = "xla"
+    # `nn.scan` over the encoder's (windowed..., global) block groups: faster compiles;
+    # the encoder params are then in `image_encoder.stack_blocks` layout.
+    scan_blocks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
 
     @property
     def embedding_size(self) -> int:
@@ -55,9 +71,11 @@ class SamConfig:
         return d
 
     def architecture(self) -> dict[str, Any]:
-        """`to_dict` without the compute dtype: equal for checkpoints that fit one model."""
+        """`to_dict` without the compute options (dtype, attention, scan_blocks): equal for
+        checkpoints that fit one model."""
         d = self.to_dict()
-        del d["dtype"]
+        for k in COMPUTE_FIELDS:
+            del d[k]
         return d
 
     @classmethod

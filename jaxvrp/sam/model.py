@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxvrp import params_io
 from jaxvrp.sam.config import SamConfig
-from jaxvrp.sam.image_encoder import ImageEncoderViT
+from jaxvrp.sam.image_encoder import ImageEncoderViT, block_period, stack_blocks, unstack_blocks
 from jaxvrp.sam.mask_decoder import MaskDecoder
 from jaxvrp.sam.prompt_encoder import PromptEncoder
 
@@ -50,6 +50,8 @@ class Sam(nn.Module):
             window_size=c.window_size,
             global_attn_indexes=tuple(c.encoder_global_attn_indexes),
             dtype=dtype,
+            attention=c.attention,
+            scan_blocks=c.scan_blocks,
         )
         self.prompt_encoder = PromptEncoder(
             embed_dim=c.prompt_embed_dim,
@@ -133,8 +135,27 @@ def param_shapes(config: SamConfig) -> Params:
     return jax.eval_shape(partial(init, config=config), jax.random.key(0))
 
 
+def match_block_layout(params: Params, config: SamConfig) -> Params:
+    """SAM params with the image encoder's blocks in the layout `config` runs: stacked
+    (`image_encoder.stack_blocks`) when `config.scan_blocks`, per block (`blocks_0`, ...,
+    as converted checkpoints hold them) otherwise. Unchanged when they already match."""
+    enc = params["image_encoder"]
+    scanned = "blocks" in enc
+    if scanned == config.scan_blocks:
+        return params
+    depth = config.encoder_depth
+    period = block_period(depth, tuple(config.encoder_global_attn_indexes))
+    convert = stack_blocks if config.scan_blocks else unstack_blocks
+    return {**params, "image_encoder": convert(enc, depth, period)}
+
+
 def encode_image(params: Params, images: jax.Array, *, config: SamConfig) -> jax.Array:
-    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, S/16, S/16, C)."""
+    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, S/16, S/16, C).
+
+    The encoder's blocks may be in either layout; a mismatch with `config.scan_blocks` is
+    converted on every call (`match_block_layout` once beforehand avoids that copy).
+    """
+    params = match_block_layout(params, config)
     return Sam(config).apply({"params": params}, images, method=Sam.encode_image)
 
 
