@@ -391,6 +391,25 @@ def test_a_training_free_method_needs_only_the_sam(files, tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in ("o", "v", "b"))
 
 
+@pytest.mark.parametrize(
+    "method,options", [("persam", []), ("persam_f", ["--option", "train_steps=5"])]
+)
+def test_persam_through_segment(files, tmp_path, method, options):
+    """PerSAM and PerSAM-F segment one's images with only a SAM checkpoint."""
+    r = files / "refs"
+    argv = [
+        "segment", "--method", method, *options, "--sam", str(files / "sam"),
+        "--reference", str(r / "a.png"), "--reference-mask", str(r / "a_mask.png"),
+        "--targets", str(files / "targets"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    for name, (w, h) in TARGETS.items():
+        stem = name.rsplit(".", 1)[0]
+        with Image.open(tmp_path / "out" / f"{stem}_mask.png") as m:
+            assert m.size == (w, h) and set(np.unique(np.asarray(m))) <= {0, 255}
+        assert (tmp_path / "out" / f"{stem}_overlay.png").is_file()
+
+
 def test_cli_dispatch(capsys):
     assert cli.main(["--help"]) == 0
     assert "segment" in capsys.readouterr().out
