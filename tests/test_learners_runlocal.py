@@ -12,6 +12,8 @@ from jaxvrp import evaluate, train
 
 def _tiny(config, tmp_path, steps: int):
     config.unlock()
+    if "num_4d_layers" in config.model:
+        config.model.num_4d_layers = 1  # the smallest HSNet: compile time, not numbers
     config.data.data_dir = str(tmp_path.parent / "tfds")  # one procedural build for all
     config.batch_size = 8  # the 8 simulated devices
     config.steps_per_epoch = steps
