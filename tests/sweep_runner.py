@@ -8,8 +8,7 @@ each mode of the comma-separated MODES:
 - "separate": `jaxvrp.train.train` of each member's config (`stacked.member_configs`) in
   its own workdir (the reference);
 - "stacked": `jaxvrp.stacked.train` of the members;
-- "sweep": `jaxvrp.sweep.run_point` of the members, first stopped after one step
-  (`stop_after=1`), then resumed to the end, trained, evaluated and exported.
+- "sweep": `jaxvrp.sweep.run_point` of the members: trained stacked, evaluated, exported.
 Saves every member's final params as `MODE/i/path` arrays and its logged losses as
 `MODE/i/losses`.
 """
@@ -82,12 +81,7 @@ for mode in modes.split(","):
         state, _, _ = stacked.train(config, members, w, member_shards=member_shards)
         save_stack(mode, state.params, w)
     elif mode == "sweep":
-        first = config.copy_and_resolve_references()
-        first.stop_after = 1
-        point = sweep.Point(0, "p", {}, first)
-        assert sweep.run_point(point, w, members) is None  # stopped after one step
-        point = sweep.Point(0, "p", {}, config)
-        assert sweep.run_point(point, w, members)  # resumed, finished, evaluated
+        assert sweep.run_point(sweep.Point(0, "p", {}, config), w, members)
         save_stack(mode, restore(os.path.join(w, "p")), os.path.join(w, "p"))
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -214,16 +214,15 @@ def test_frozen_forward_runs_once_for_all_members():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """3 steps of batch 8, two members. 1 device: the separate runs, and the stacked sweep
-    point (stopped after a step, resumed, evaluated). 8 devices: the stacked members on a
-    2 x 4 (members x data) mesh, and the separate runs again (the trainer's own 1-vs-8
-    device difference)."""
+    point (trained, evaluated, exported). 8 devices: the stacked members on a 2 x 4
+    (members x data) mesh."""
     tmp = tmp_path_factory.mktemp("sweep")
     common = [f"data.data_dir={tmp / 'tfds'}", "steps_per_epoch=3", "batch_size=8"]
     members = json.dumps(MEMBERS)
     jobs = []
     for modes, devices, extra in (
         ("separate,sweep", 1, []),
-        ("stacked,separate", 8, ["member_shards=2"]),
+        ("stacked", 8, ["member_shards=2"]),
     ):
         out = tmp / f"{devices}.npz"
         cmd = [sys.executable, RUNNER, modes, str(tmp / str(devices)), str(out), str(devices)]
@@ -234,7 +233,7 @@ def trained(tmp_path_factory):
         jobs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
     results = []
     for job, out in jobs:
-        log, _ = job.communicate(timeout=1200)
+        log, _ = job.communicate(timeout=1800)
         assert job.returncode == 0, log.decode()[-4000:]
         results.append(dict(np.load(out)))
     one = {f"1dev/{k}": v for k, v in results[0].items()}
@@ -269,8 +268,7 @@ def _member_distance(arrays):
 # Float32 tolerance: the vmapped (batched) matmuls and convolutions of the learner's backward
 # sum in another order than the unbatched ones (gradients differ by ~4e-7 relative), and
 # Adam's normalised update turns that into up to ~lr on parameters whose true gradient is
-# zero or nearly (e.g. attention key biases, to which softmax is invariant). The trainer's
-# own 1-device and 8-device runs differ by the same amount; both are checked here.
+# zero or nearly (e.g. attention key biases, to which softmax is invariant).
 PARAMS_RTOL = 1e-4
 
 
@@ -278,19 +276,21 @@ def test_members_equal_separate_runs_on_one_device(trained):
     _, arrays = trained
     distance = _member_distance(arrays)
     assert distance > 1e-3  # the members differ: seeds and rates are not ignored
-    for params, losses in _errors(arrays, "1dev/sweep", "1dev/separate"):
+    errors = _errors(arrays, "1dev/sweep", "1dev/separate")
+    print("member params rel L2, max loss rel diff (1 device):", errors)
+    for params, losses in errors:
         assert losses <= 1e-6
         assert params <= PARAMS_RTOL and params <= 1e-3 * distance
 
 
 def test_members_equal_separate_runs_on_eight_devices(trained):
     _, arrays = trained
-    own = _errors(arrays, "8dev/separate", "1dev/separate")  # the trainer across devices
-    for (params, losses), (own_params, _) in zip(
-        _errors(arrays, "8dev/stacked", "1dev/separate"), own, strict=True
-    ):
+    distance = _member_distance(arrays)
+    errors = _errors(arrays, "8dev/stacked", "1dev/separate")
+    print("member params rel L2, max loss rel diff (8 devices):", errors)
+    for params, losses in errors:
         assert losses <= 1e-6
-        assert params <= PARAMS_RTOL and own_params <= PARAMS_RTOL
+        assert params <= PARAMS_RTOL and params <= 1e-3 * distance
 
 
 def test_vmapped_point_writes_results_and_member_learners(trained):
