@@ -318,7 +318,8 @@ def test_local_sweep_runs_then_skips_finished_points(tmp_path, monkeypatch):
     base.data.data_dir = str(tmp_path / "tfds")
     base.batch_size = 8
     module = sweep.load_module(str(ROOT / "configs" / "oracle_box.py"))
-    monkeypatch.setattr(module, "sweep_two", lambda add: [add(**{"data.fold": f}) for f in (0, 1)])
+    sweep_two = lambda add: [add(**{"data.fold": f}) for f in (0, 1)]
+    monkeypatch.setattr(module, "sweep_two", sweep_two, raising=False)
     points = sweep.plan(base, module, "two")
     sweep.run_local(points, tmp_path)
     for p in points:
