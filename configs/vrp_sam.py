@@ -50,3 +50,11 @@ def sweep_num_queries(add):
     """The number of learned queries (paper Table 7)."""
     for n in (10, 25, 50, 100):
         add(**{"model.num_queries": n})
+
+
+def sweep_lr_seeds(add):
+    """3 seeds x 2 learning rates (around the paper's 1e-4 COCO / 2e-4 PASCAL, scaled for
+    short runs): run it with `--vmap seed --vmap optimizer.lr` to train all six in one job."""
+    for lr in (1e-3, 2e-3):
+        for seed in (0, 1, 2):
+            add(**{"optimizer.lr": lr, "seed": seed})

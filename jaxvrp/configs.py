@@ -79,6 +79,12 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.data.num_workers = 0
     c.data.procedural_config = "default"
     c.data.embedding_cache = ""  # directory caching evaluation targets' SAM embeddings
+    # Seed of the episode sampler; -1 = `seed` (as before this key existed). Separate from
+    # `seed` so that vmapped members of different seeds can share one data order
+    # (docs/sweeps.md). A sentinel, not a FieldReference to `seed`: setting a
+    # FieldReference'd key sets the key it refers to, so `--config.data.seed=1` would
+    # silently change `seed` too.
+    c.data.seed = -1
 
     c.batch_size = 8  # VRP-SAM paper §4.4: total batch 8 (4 GPUs x 2)
     c.optimizer = ml_collections.ConfigDict()
@@ -128,3 +134,10 @@ def override(config: ml_collections.ConfigDict, updates: dict[str, Any], where: 
             override(config[key], value, f"{where}.{key}".strip("."))
         else:
             config[key] = value
+
+
+def data_seed(config) -> int:
+    """The seed of the episode sampler: `config.data.seed`, or `config.seed` when it is -1
+    (or absent, for configs written before the key existed)."""
+    seed = int(config.data.get("seed", -1))
+    return int(config.seed) if seed < 0 else seed

@@ -116,3 +116,71 @@ def model_inputs(batch: dict, learner: Learner | None = None, lconfig: Any = Non
         batch = learner.prepare(batch, lconfig)
     keys = MODEL_INPUTS + (learner.batch_keys if learner is not None else ())
     return {k: batch[k] for k in keys if k in batch}
+
+
+# Hyper-parameters as values: what `jaxvrp.stacked` vmaps over (one set per member). With
+# `optimizer_hparams(config)` they give the same numbers as `make_optimizer` (tested).
+HPARAMS = ("lr", "weight_decay", "b1", "b2", "eps", "one_minus_b1", "one_minus_b2")
+
+
+def optimizer_hparams(config) -> dict[str, float]:
+    """The optimiser's numeric hyper-parameters of a config, keys `HPARAMS`. `1 - b1` and
+    `1 - b2` are computed here in double precision, as optax computes `1 - decay` from a
+    Python float; the same in float32 from a traced b2 = 0.999 is off by 1.3e-5 relative."""
+    o = config.optimizer
+    return {
+        "lr": float(o.lr),
+        "weight_decay": float(o.weight_decay),
+        "b1": float(o.b1),
+        "b2": float(o.b2),
+        "eps": float(o.eps),
+        "one_minus_b1": 1 - float(o.b1),
+        "one_minus_b2": 1 - float(o.b2),
+    }
+
+
+def lr_schedule_scaled(config, total_steps: int, lr) -> optax.Schedule:
+    """`lr_schedule(config, total_steps)` with the peak rate `lr` a (possibly traced) value:
+    `lr` times the schedule of a unit rate, which is how optax's schedules compute it
+    (`init_value * decayed`), so a float `lr` equal to `config.optimizer.lr` gives the same
+    numbers."""
+    unit = config.copy_and_resolve_references()
+    with unit.unlocked():
+        unit.optimizer.lr = 1.0
+    shape = lr_schedule(unit, total_steps)
+    return lambda step: lr * shape(step)
+
+
+def scale_by_adam_values(b1, b2, eps, one_minus_b1, one_minus_b2) -> optax.GradientTransformation:
+    """`optax.scale_by_adam(b1, b2, eps)` (eps_root 0, no Nesterov) with every constant a
+    value, `1 - b1` and `1 - b2` given (see `optimizer_hparams`): the same operations in the
+    same order, the same state (`optax.ScaleByAdamState`)."""
+
+    def init_fn(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda g, t: one_minus_b1 * g + b1 * t, updates, state.mu)
+        nu = jax.tree.map(lambda g, t: one_minus_b2 * (g**2) + b2 * t, updates, state.nu)
+        count = optax.safe_increment(state.count)
+        mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
+        return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer_from(config, total_steps: int, hparams: dict) -> optax.GradientTransformation:
+    """`make_optimizer` with the hyper-parameters `hparams` (floats or traced values, keys
+    `HPARAMS`, from `optimizer_hparams`): `optax.adamw`'s chain (scale_by_adam,
+    add_decayed_weights, scale by the negative scheduled rate) built from values instead of
+    Python constants; the same numbers as `make_optimizer` (tested)."""
+    h = hparams
+    return optax.chain(
+        scale_by_adam_values(h["b1"], h["b2"], h["eps"], h["one_minus_b1"], h["one_minus_b2"]),
+        optax.add_decayed_weights(h["weight_decay"]),
+        optax.scale_by_learning_rate(lr_schedule_scaled(config, total_steps, h["lr"])),
+    )

@@ -16,6 +16,7 @@ first time, or must already be built in `config.data.data_dir`.
 import os
 from pathlib import Path
 
+from jaxvrp import configs
 from jaxvrp.data import episodes, procedural
 
 TFDS_NAME = {
@@ -93,7 +94,7 @@ def _episode_config(config) -> episodes.EpisodeConfig:
         shots=config.data.shots,
         image_size=config.data.image_size,
         annotation=config.data.annotation,
-        seed=config.seed,
+        seed=configs.data_seed(config),  # config.seed unless data.seed is set
         num_eval_episodes=config.data.num_eval_episodes,
     )
 
