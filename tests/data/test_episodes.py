@@ -149,8 +149,11 @@ def test_bad_requests(source):
         episodes.episode_dataset(src, index, [1, 4], config=cfg, train=True, batch_size=2)
     with pytest.raises(ValueError, match="annotation must be one of"):
         episodes.EpisodeConfig(annotation="polygon")
-    with pytest.raises(FileNotFoundError, match="is not built under"):
+    with pytest.raises(Exception) as e:  # built, but no such split: TFDS's own error
         episodes.open_source("tiny_few_shot", "validation", data_dir)
+    assert "is not built" not in str(e.value) and "validation" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="'tiny_missing' is not built under"):
+        episodes.open_source("tiny_missing", "validation", data_dir)
 
 
 def test_evaluation_episodes_identical_across_two_builds(tmp_path):
