@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvrp.image import resize_bilinear
-from jaxvrp.learners import heatmaps, hsnet, registry
+from jaxvrp.learners import frozen_sam, heatmaps, hsnet, registry
 from jaxvrp.learners.protocol import FrozenSpec, Learner
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import model as sam_model
@@ -197,9 +197,7 @@ def sam_embeddings(sam_params: Params, query: jax.Array, config: SAMICConfig) ->
     """SAM image embeddings of ImageNet-normalised queries (B, H, W, 3): bilinear
     (align_corners=True) resize to SAM's input (as `jaxvrp.learners.vrp`); the dataset's
     ImageNet normalisation equals SAM's pixel normalisation."""
-    s = config.sam.image_size
-    x = resize_bilinear(query, (s, s), align_corners=True)
-    return jax.lax.stop_gradient(sam_model.encode_image(sam_params, x, config=config.sam))
+    return frozen_sam.image_embeddings(sam_params, query, config.sam)
 
 
 def to_sam_frame(points: jax.Array, size: tuple[int, int], image_size: int) -> jax.Array:
@@ -300,9 +298,7 @@ def apply(
     del rng, train
     heat = heatmap(params, frozen, batch, config=config)
     peaks = prompts(heat, config)
-    emb = batch.get("query_embedding")
-    if emb is None:
-        emb = sam_embeddings(frozen["sam"], batch["query_image"], config)
+    emb = frozen_sam.query_embeddings(frozen, batch, config.sam)
     return prompt_sam(
         frozen["sam"], emb, peaks["points"], peaks["valid"], heat.shape[1:], config=config
     )
