@@ -36,7 +36,7 @@ query re-encoded until a mask repeats an earlier one (IoU >= 0.8); the output is
 
 Mapping onto the batch (the official code works per image at its original size):
 - The batch images (B, H, W) are the "original" images. SAM sees them as every jaxvrp
-  learner feeds it (`vrp.sam_embeddings`): resized bilinearly (align_corners=True) to SAM's
+  learner feeds it (`jaxvrp.learners.frozen_sam`): resized bilinearly (align_corners=True) to SAM's
   square input; the ImageNet normalisation of the batch equals SAM's pixel normalisation.
   So SAM's "input size" is the full (S, S) input (no padding) and point / box coordinates
   scale by S / W and S / H (the official `apply_coords`). Mask logits are post-processed as
@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxvrp.image import resize_bilinear
-from jaxvrp.learners import registry, vrp
+from jaxvrp.learners import frozen_sam, registry
 from jaxvrp.learners.protocol import FrozenSpec, Learner, no_params
 from jaxvrp.masks import tight_boxes
 from jaxvrp.sam import config as sam_config
@@ -422,7 +422,7 @@ def _multi_object(sam_params, image, first, run, config):
 
     def body(state):
         i, image, union, history, done, count = state
-        emb = vrp.sam_embeddings(sam_params, image, config)
+        emb = frozen_sam.image_embeddings(sam_params, image, config.sam)
         logits, _ = run(emb, (h, w))
         mask = logits > 0
         inter = (history & mask).sum(axis=(2, 3))
@@ -442,8 +442,10 @@ def _multi_object(sam_params, image, first, run, config):
 def _embeddings(sam_params: Params, batch: dict, config: PerSAMConfig):
     support = batch["support_images"]
     b, k = support.shape[:2]
-    q_emb = vrp.query_embeddings({"sam": sam_params}, batch, config)
-    s_emb = vrp.sam_embeddings(sam_params, support.reshape(b * k, *support.shape[2:]), config)
+    q_emb = frozen_sam.query_embeddings({"sam": sam_params}, batch, config.sam)
+    s_emb = frozen_sam.image_embeddings(
+        sam_params, support.reshape(b * k, *support.shape[2:]), config.sam
+    )
     return q_emb, s_emb
 
 
