@@ -15,7 +15,8 @@ Stages (each timed and logged; training shows a progress bar):
    with the oracle box (the upper bound: perfect localisation).
 5. `OUT/results.md` / `results.json` (the table, also printed) and `OUT/examples.png`: per
    row a reference (annotation outlined), the target with its ground truth outlined, and each
-   method's prediction (green: correct, red: false positive, blue: missed).
+   method's prediction (green: correct, red: false positive, blue: missed), with that legend
+   drawn under the grid.
 
 The methods and every setting are `configs/demo.py`: each method is a learner config of
 `configs/` (any registered learner, `jaxvrp.learners.registry`) with the demo's shared
@@ -91,17 +92,25 @@ class Stage:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stderr, flush=True)
 
 
+# The colours of `examples.png`, named once for the overlay, the outline and the legend.
+CORRECT, FALSE_POSITIVE, MISSED = (40, 210, 40), (235, 30, 30), (40, 110, 255)
+OUTLINE = (255, 230, 0)
+LEGEND = [
+    (CORRECT, "green: predicted and true"),
+    (FALSE_POSITIVE, "red: predicted, not true"),
+    (MISSED, "blue: true, missed"),
+    (OUTLINE, "yellow: reference annotation / target truth"),
+]
+LEGEND_HEIGHT = 18
+
+
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) on a dimmed grey copy of the image: green = predicted and true, red =
     predicted only, blue = missed."""
     grey = image.astype(np.float32).mean(axis=-1, keepdims=True)
     out = np.repeat(0.35 * grey + 40.0, 3, axis=-1)
     pred, truth = pred.astype(bool), truth.astype(bool)
-    layers = [
-        (pred & truth, (40, 210, 40)),
-        (pred & ~truth, (235, 30, 30)),
-        (~pred & truth, (40, 110, 255)),
-    ]
+    layers = [(pred & truth, CORRECT), (pred & ~truth, FALSE_POSITIVE), (~pred & truth, MISSED)]
     for where, colour in layers:
         out[where] = 0.3 * out[where] + 0.7 * np.array(colour, np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -112,7 +121,7 @@ def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask.astype(bool)
     inner = erode(erode(m))
     out = image.copy()
-    out[m & ~inner] = (255, 230, 0)
+    out[m & ~inner] = OUTLINE
     return out
 
 
@@ -132,6 +141,29 @@ def _header(names: list[str], tile: int, pad: int) -> np.ndarray:
     return np.asarray(strip)
 
 
+def _legend(width: int) -> np.ndarray:
+    """A white strip, `LEGEND_HEIGHT` px high, with a swatch and the meaning of each colour;
+    the entries wrap to a second strip if the grid is narrow."""
+    from PIL import ImageDraw
+
+    strips, x = [[]], 4
+    for colour, text in LEGEND:
+        w = 14 + 6 * len(text) + 12
+        if x + w > width and strips[-1]:
+            strips.append([])
+            x = 4
+        strips[-1].append((x, colour, text))
+        x += w
+    img = Image.new("RGB", (width, LEGEND_HEIGHT * len(strips)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for row, strip in enumerate(strips):
+        y = row * LEGEND_HEIGHT
+        for x, colour, text in strip:
+            draw.rectangle([x, y + 4, x + 10, y + 14], fill=colour)
+            draw.text((x + 14, y + 3), text, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
 def to_uint8(normalised: np.ndarray) -> np.ndarray:
     from jaxvrp.image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -140,8 +172,8 @@ def to_uint8(normalised: np.ndarray) -> np.ndarray:
 
 
 def example_grid(batch: dict, predictions: dict[str, np.ndarray], num_rows: int) -> np.ndarray:
-    """A header, then rows of reference | target | each method's prediction, from one
-    evaluation batch."""
+    """A header, rows of reference | target | each method's prediction from one evaluation
+    batch, and a legend of the colours."""
     tile = batch["query_image"].shape[1]
     names = ["reference", "target, truth", *predictions]
     rows = [_header(names, tile, 2)]
@@ -153,6 +185,7 @@ def example_grid(batch: dict, predictions: dict[str, np.ndarray], num_rows: int)
         tiles += [overlay(target, p[i] > 0, truth) for p in predictions.values()]
         pad = ((2, 2), (2, 2), (0, 0))
         rows.append(np.concatenate([np.pad(t, pad, constant_values=255) for t in tiles], 1))
+    rows.append(_legend(rows[0].shape[1]))
     return np.concatenate(rows, axis=0)
 
 
