@@ -1,14 +1,28 @@
-"""Test set-up: 8 simulated CPU devices and full-precision float32 matmuls.
+"""Test set-up: 8 simulated CPU devices, full-precision float32 matmuls, and one persistent
+XLA compilation cache for the session.
 
-Both must be set before JAX initialises its backend, hence at import time here.
+All must be set before JAX initialises its backend, hence at import time here.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Many tests start fresh processes (trainer resumes, 1 vs 8 devices, the demo, sweeps, the
+# command-line tools) that compile the same programs again; they inherit this environment, so
+# with one on-disk cache each program compiles once per session. The cache is new for every
+# session (nothing stale can be read) and removed at exit. Set JAX_COMPILATION_CACHE_DIR to
+# keep one yourself.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="jaxvrp-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
