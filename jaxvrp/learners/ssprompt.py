@@ -277,6 +277,28 @@ def sample_points(
     return points, flat.any()
 
 
+def reference_loss(
+    params: Params,
+    sam_params: Params,
+    ref_embeddings: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    dflt: dict,
+    z_semantic: jax.Array | None,
+    config: SSPromptConfig,
+) -> jax.Array:
+    """BCE + Dice of the prompts `params` on an episode's K references: ref_embeddings
+    (K, g, g, D), targets (K, H, W) the annotations, valid (K,) -> (). SAM is behind
+    stop_gradient: only the prompts get gradients."""
+    sam_params = jax.lax.stop_gradient(sam_params)
+    k, h, w = targets.shape
+    tokens = prompt_tokens(params, dflt, z_semantic, config)
+    tokens = jnp.broadcast_to(tokens, (k, *tokens.shape))
+    low = decode(sam_params, ref_embeddings, tokens, dflt, config)
+    logits = resize_bilinear(low, (h, w), align_corners=True, channels_last=False)
+    return bce_dice(logits, targets.astype(jnp.float32), valid)
+
+
 def fit(
     params: Params,
     sam_params: Params,
@@ -288,23 +310,16 @@ def fit(
     config: SSPromptConfig,
 ) -> tuple[Params, jax.Array]:
     """One episode's test-time prompt tuning: Adam on (ẑ, θ) for `config.steps` steps of
-    BCE + Dice on the references, one `lax.scan`.
+    `reference_loss`, one `lax.scan`.
 
     params: `init_prompts` of one episode; ref_embeddings (K, g, g, D); targets (K, H, W) the
     reference annotations; valid (K,) the shots that count; z_semantic (1, D) or None.
     Returns the fitted params and the loss before each step (steps,).
     """
-    sam_params = jax.lax.stop_gradient(sam_params)  # frozen: no gradient ever reaches SAM
-    k, h, w = targets.shape
-    targets = targets.astype(jnp.float32)
     opt = optax.adam(config.lr)
-
-    def loss(p):
-        tokens = prompt_tokens(p, dflt, z_semantic, config)
-        tokens = jnp.broadcast_to(tokens, (k, *tokens.shape))
-        low = decode(sam_params, ref_embeddings, tokens, dflt, config)
-        logits = resize_bilinear(low, (h, w), align_corners=True, channels_last=False)
-        return bce_dice(logits, targets, valid)
+    loss = lambda p: reference_loss(
+        p, sam_params, ref_embeddings, targets, valid, dflt, z_semantic, config
+    )
 
     def step(carry, _):
         p, state = carry
