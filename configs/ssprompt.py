@@ -49,12 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if setting1:
         c.setting = "semantic"
-        c.data.dataset = values.get("dataset", "procedural")  # PASCAL VOC: not wired yet
+        c.data.dataset = values.get("dataset", "procedural")  # or pascal5i (full VOC maps)
         c.data.shots = values.get("shots", 4 if runlocal else 16)  # paper: 16 per class
         c.data.shot_seed = 0  # the seeded k-shot list (saved as workdir/kshot.json)
         c.data.max_eval_images = 16 if runlocal else 0  # validation images scored; 0 = all
         # paper: shorter side 512; ours: square images, the procedural images' own size
-        c.data.image_size = 64 if runlocal else 128
+        c.data.image_size = 64 if runlocal else (128 if c.data.dataset == "procedural" else 512)
         c.optimizer = ml_collections.ConfigDict()
         c.optimizer.lr = 1e-3  # paper §4.2: base lr 1e-3
         c.optimizer.weight_decay = 1e-4  # paper §4.2

@@ -29,8 +29,10 @@ Steps:
    summed confusion matrix, averaged over the labels with a non-empty union; written to
    `workdir/semantic_results.json`.
 
-Datasets: "procedural" (`jaxvrp.data.procedural`: 20 classes, full label maps, train / test
-splits). PASCAL VOC's full label maps are not wired here yet (`docs/ssprompt.md`).
+Datasets: "procedural" (`jaxvrp.data.procedural`: 20 classes, train -> test) and "pascal5i"
+(the PASCAL-5i build, `jaxvrp.data.builders.pascal`, whose records are VOC2012 / SBD images
+with their full class-index maps: 20 classes, train_aug -> VOC val); both records keep each
+image's full label map (`jaxvrp.data.schema`).
 
 Not stated in the paper, chosen here: SGD momentum 0.9 (the DeepLab setting the paper cites
 for its loss); ẑ starts equal to the defaults (so step 0 is SAM with the default prompts for
@@ -51,28 +53,30 @@ from ml_collections import config_flags
 
 from jaxvrp import configs, loop
 from jaxvrp import frozen as frozen_lib
-from jaxvrp.data import datasets, procedural
+from jaxvrp.data import datasets, episodes, procedural
 from jaxvrp.data.episodes import _decode
 from jaxvrp.data.schema import IGNORE
 from jaxvrp.image import normalized_image, resize_bilinear, resized_mask
 from jaxvrp.learners import frozen_sam, ssprompt
 from jaxvrp.learners.protocol import FrozenSpec
 
-SPLITS = {"procedural": ("train", "test")}
+# dataset -> (train split, validation split); both builds keep each image's full label map
+SPLITS = {"procedural": ("train", "test"), "pascal5i": ("train", "val")}
 
 
 # ----------------------------------------------------------------------------- k-shot subset
 
 
-def image_classes(source) -> dict[str, list[int]]:
-    """{image_id: its class ids} of every record of a source."""
-    out = {}
+def image_classes(source) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """({image_id: its class ids}, {image_id: record index}) of every record of a source."""
+    classes_of, where = {}, {}
     for i in range(len(source)):
         r = source[i]
         image_id = r["image_id"]
         image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-        out[image_id] = [int(c) for c in np.asarray(r["classes"]).tolist()]
-    return out
+        classes_of[image_id] = [int(c) for c in np.asarray(r["classes"]).tolist()]
+        where[image_id] = i
+    return classes_of, where
 
 
 def select_shots(
@@ -143,14 +147,6 @@ def load_examples(source, records, size: int, table: np.ndarray):
         mask = _decode(r["mask"], "L")
         labels.append(table[resized_mask(mask.reshape(mask.shape[:2]), size)])
     return np.stack(images), np.stack(labels)
-
-
-def record_ids(source) -> dict[str, int]:
-    out = {}
-    for i in range(len(source)):
-        image_id = source[i]["image_id"]
-        out[image_id.decode() if isinstance(image_id, bytes) else str(image_id)] = i
-    return out
 
 
 def embed(sam_params, images: np.ndarray, sam, batch: int) -> np.ndarray:
@@ -256,11 +252,15 @@ def make_optimizer(config, total_steps: int):
 
 
 def _classes(config) -> list[int]:
+    """Every class of the dataset (1-based ids)."""
     if config.data.dataset not in SPLITS:
         raise ValueError(
-            f"setting 1 runs on {sorted(SPLITS)}; got data.dataset={config.data.dataset!r} "
-            "(PASCAL VOC full label maps are not wired yet)"
+            f"setting 1 runs on {sorted(SPLITS)}; got data.dataset={config.data.dataset!r}"
         )
+    if config.data.dataset == "pascal5i":
+        from jaxvrp.data import folds
+
+        return list(range(1, len(folds.PASCAL_CLASSES) + 1))
     return list(range(1, procedural.NUM_CLASSES + 1))
 
 
@@ -270,11 +270,14 @@ def prepare(config, workdir: Path, sam_params) -> dict:
     lconfig = ssprompt.make_config(**config.model.to_dict())
     classes = _classes(config)
     train_split, _ = SPLITS[config.data.dataset]
-    src = datasets.source(config, config.data.dataset, train_split)
-    classes_of = image_classes(src)
+    src = datasets.source(config, config.data.dataset, train_split)  # builds procedural
+    scan = src
+    if config.data.dataset != "procedural":  # read ids and classes without decoding images
+        name = datasets.TFDS_NAME[config.data.dataset]
+        scan = episodes.open_source(name, train_split, datasets.data_dir(config), images=False)
+    classes_of, where = image_classes(scan)
     shots = shot_list(config, workdir, classes_of, classes)
     ids = sorted({i for v in shots.values() for i in v})
-    where = record_ids(src)
     table = label_table(classes)
     images, labels = load_examples(src, [where[i] for i in ids], config.data.image_size, table)
     both = np.concatenate([images, images[:, :, ::-1]])

@@ -306,13 +306,38 @@ def test_setting_two_runlocal_through_the_evaluator(tmp_path):
 
 
 def test_setting_one_runlocal(tmp_path):
-    config = _tiny(ssprompt_config.get_config("semantic,runlocal"), tmp_path)
+    config = _tiny(ssprompt_config.get_config("semantic,runlocal,shots=2"), tmp_path)
+    with config.unlocked():
+        config.data.max_eval_images = 8
     result = s1.train(config, tmp_path / "s1")
     steps = [json.loads(x)["step"] for x in open(tmp_path / "s1" / "metrics.jsonl")]
     assert steps == [1, 2, 3] and result["train"]["step"] == 3
     ev = result["eval"]
-    assert ev["images"] == 16 and 0.0 <= ev["miou"] <= 1.0 and 0 in ev["per_class_iou"]
+    assert ev["images"] == 8 and 0.0 <= ev["miou"] <= 1.0 and 0 in ev["per_class_iou"]
     saved = json.loads((tmp_path / "s1" / "semantic_results.json").read_text())
     assert saved["eval"]["miou"] == pytest.approx(ev["miou"])
     kshot = json.loads((tmp_path / "s1" / "kshot.json").read_text())
-    assert len(kshot["images"]) == 20 and all(len(v) == 4 for v in kshot["images"].values())
+    assert len(kshot["images"]) == 20 and all(len(v) == 2 for v in kshot["images"].values())
+
+
+def test_segment_method_ssprompt(tmp_path):
+    """`jaxvrp segment --method ssprompt` with only a SAM checkpoint (the embedded one)."""
+    from PIL import Image
+
+    from jaxvrp import cli
+
+    rs = np.random.default_rng(11)
+    Image.fromarray(rs.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "r.png")
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 15:35] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(rs.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    argv = [
+        "segment", "--method", "ssprompt", "--option", "num_prompts=4", "--option", "steps=2",
+        "--sam", str(assets.default_sam_dir()), "--reference", str(tmp_path / "r.png"),
+        "--reference-mask", str(tmp_path / "m.png"), "--targets", str(tmp_path / "t.png"),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    with Image.open(tmp_path / "out" / "t_mask.png") as m:
+        assert m.size == (20, 30) and set(np.unique(np.asarray(m))) <= {0, 255}
