@@ -294,6 +294,9 @@ def _tiny(config, tmp_path):
     config.unlock()
     config.data.data_dir = str(tmp_path.parent / "tfds")  # one procedural build for all
     config.batch_size = 8  # the 8 simulated devices
+    # the embedded SAM: loading it is instant, compiling a random SAM's init is not
+    config.model.sam = "tiny_128"
+    config.frozen.sam_checkpoint = str(assets.default_sam_dir())
     config.lock()
     return config
 
