@@ -397,7 +397,7 @@ def train(config, workdir) -> dict:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, consts, lconfig)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return loop.TrainState(state.step + 1, params, opt_state), metrics
 
     step = loop.compile_step(step_fn, batch_sharding, replicated)
