@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # VRP-SAM Table 1 compares PerSAM on COCO-20i (23.0 / 23.5 mIoU)
     c.data.dataset = values.get("dataset", "procedural" if runlocal else "coco20i")
+    c.data.protocol = configs.default_protocol(c.data.dataset)
     c.data.annotation = values.get("label", "mask")  # official: a mask reference
     # evaluation at the VRP-SAM protocol's 512 (resized to SAM's 1024); batch 8 (results do
     # not depend on it); nothing is trained: the optimizer block is unused

@@ -75,7 +75,13 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.data.shots = values.get("shots", 1)
     c.data.annotation = values.get("label", "mask")
     c.data.image_size = 512  # VRP-SAM paper §4.4 / code FSSDataset img_size
-    c.data.num_eval_episodes = 1000  # VRP-SAM paper §4.4 (HSNet protocol)
+    # HSNet code (data/{pascal,coco,fss}.py __len__): 1000 episodes; FSS-1000 one per test image
+    c.data.num_eval_episodes = 2400 if dataset == "fss1000" else 1000
+    # Evaluation episodes: "hsnet" = HSNet's own test episodes (its split lists and seeded
+    # draws, jaxvrp.data.hsnet), the protocol of the published tables; "jaxvrp" = jaxvrp's
+    # seeded per-episode draws (docs/data.md).
+    c.data.protocol = default_protocol(dataset)
+    c.data.hsnet_splits = ""  # directory of HSNet's split lists; empty = the shipped copy
     c.data.num_workers = 0
     c.data.procedural_config = "default"
     c.data.embedding_cache = ""  # directory caching evaluation targets' SAM embeddings
@@ -109,6 +115,13 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
         c.log_every = 1
         c.checkpoint_every = 2
     return c
+
+
+def default_protocol(dataset: str) -> str:
+    """The evaluation protocol of a dataset by default: HSNet's where it has one."""
+    from jaxvrp.data import hsnet
+
+    return hsnet.PROTOCOL if dataset in hsnet.DATASETS else "jaxvrp"
 
 
 def sam_and_backbone(c: ml_collections.ConfigDict, values: dict, runlocal: bool) -> None:

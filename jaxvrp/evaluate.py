@@ -2,7 +2,10 @@
 
 Runs the fixed evaluation episodes of the config's fold (novel classes; 1000 by default),
 sharded over all devices and hosts, and writes `workdir/eval/results.json` and
-`workdir/eval/results.md` (mIoU, FB-IoU, TPR / TNR / FPR / FNR, per-class IoU). Any
+`workdir/eval/results.md` (mIoU, FB-IoU, TPR / TNR / FPR / FNR, per-class IoU). Under
+`data.protocol="hsnet"` the episodes are HSNet's and mIoU, FB-IoU and per-class IoU are
+HSNet's `AverageMeter`'s (`metrics.hsnet_metrics`), at the config's `image_size` on the
+nearest-resized query mask, as HSNet's test without `--use_original_imgsize`. Any
 registered learner (`config.learner`): a trained one's params come from the latest training
 checkpoint in the workdir, or from `--checkpoint` (a training workdir's `checkpoints/`
 directory); a training-free one (GP-SAM, the oracle box, ...) needs none.
@@ -20,7 +23,7 @@ from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import loop, metrics, trainer
-from jaxvrp.data import datasets
+from jaxvrp.data import datasets, hsnet
 from jaxvrp.learners import frozen_sam
 
 
@@ -117,6 +120,9 @@ def evaluate(
             {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes_total
         )
     result = meter.result()
+    result["protocol"] = datasets.protocol(config)
+    if result["protocol"] == hsnet.PROTOCOL:  # HSNet's AverageMeter: every class of the fold
+        result.update(metrics.hsnet_metrics(meter.counts, datasets.plan(config)[1][2]))
     logging.info(
         "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
         name,

@@ -4,6 +4,10 @@ mIoU: for each class, (sum of intersections) / (sum of unions) over that class's
 averaged over the classes evaluated. FB-IoU: the foreground and the background IoU, each
 from totals over all episodes, averaged. Pixels marked ignore (PASCAL's 255) count nowhere.
 Also pixel rates TPR, TNR, FPR, FNR from the summed confusion counts.
+
+`hsnet_metrics` computes mIoU and FB-IoU exactly as HSNet's `AverageMeter` does
+(`data.protocol = "hsnet"`), from the same per-class counts; the two differ only in corner
+cases (see its docstring).
 """
 
 import dataclasses
@@ -60,6 +64,38 @@ class SegmentationMeter:
             "per_class_iou": per_class,
             "episodes": self.episodes,
         }
+
+
+def hsnet_metrics(counts: dict[int, np.ndarray], class_ids) -> dict:
+    """mIoU, FB-IoU and per-class IoU as HSNet's `AverageMeter.compute_iou`
+    (`juhongm999/hsnet` `common/logger.py`, areas from `common/evaluation.py`).
+
+    `counts`: class -> summed (tp, fp, fn, tn) over that class's episodes (ignored pixels
+    excluded, as HSNet's `Evaluator` maps them to 255, which `histc` drops); `class_ids`:
+    every class of the fold (HSNet's `class_ids_interest`), sampled or not. Per class,
+    intersection = (tn, tp) and union = (tn + fp + fn, tp + fp + fn) for (background,
+    foreground), summed over episodes; IoU = intersection / max(union, 1), so a class never
+    sampled (or with an empty union) has IoU 0; mIoU = the mean foreground IoU over
+    `class_ids`. FB-IoU = the mean over background and foreground of
+    Σ_c intersection / Σ_c union over `class_ids` (no max(·, 1): NaN if a sum is 0, as
+    HSNet's 0 / 0). Fractions, not HSNet's percent. HSNet sums in float32 on the GPU; the
+    sums here are exact integers (the difference is below 1e-6 relative).
+    """
+    class_ids = [int(c) for c in class_ids]
+    if not class_ids:
+        raise ValueError("class_ids is empty: HSNet averages over the fold's classes")
+    zero = np.zeros(4, np.int64)
+    tp, fp, fn, tn = np.stack([np.asarray(counts.get(c, zero), np.int64) for c in class_ids]).T
+    inter = np.stack([tn, tp])  # (2, C): background, foreground
+    union = np.stack([tn + fp + fn, tp + fp + fn])
+    iou = inter / np.maximum(union, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fb = inter.sum(1).astype(np.float64) / union.sum(1)
+    return {
+        "miou": float(iou[1].mean()),
+        "fb_iou": float(fb.mean()),
+        "per_class_iou": {c: float(v) for c, v in zip(class_ids, iou[1], strict=True)},
+    }
 
 
 def markdown_table(results: dict[str, dict]) -> str:

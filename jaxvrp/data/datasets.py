@@ -8,16 +8,21 @@
 | coco2pascal | both | COCO train, COCO fold's base | PASCAL val, PASCAL classes outside them |
 | procedural | procedural_fss | train, fold's base | test, fold's novel |
 
-coco2pascal is VRP-SAM's Table 10 domain shift. The procedural benchmark is built on first
-use (seconds); the others are built from the user's files in `config.data.manual_dir` the
-first time, or must already be built in `config.data.data_dir`.
+coco2pascal is VRP-SAM's Table 10 domain shift. `config.data.protocol` chooses the evaluation
+episodes: "hsnet" (the default of pascal5i, coco20i, fss1000) evaluates on HSNet's own test
+episodes (`jaxvrp.data.hsnet`), "jaxvrp" (procedural, coco2pascal) on jaxvrp's seeded ones
+(`jaxvrp.data.episodes`); training episodes are jaxvrp's under both.
+
+The procedural benchmark is built on first use (seconds); the others are built from the user's
+files in `config.data.manual_dir` the first time, or must already be built in
+`config.data.data_dir`.
 """
 
 import os
 from pathlib import Path
 
 from jaxvrp import configs
-from jaxvrp.data import episodes, procedural
+from jaxvrp.data import episodes, hsnet, procedural
 
 TFDS_NAME = {
     "pascal5i": "pascal5i",
@@ -81,12 +86,94 @@ def plan(config) -> tuple[tuple[str, str, list[int]], tuple[str, str, list[int]]
         base, novel = folds.coco_classes(fold)
         return ("coco20i", "train", list(base)), ("coco20i", "val", list(novel))
     if d == "fss1000":
+        metadata = fss_metadata(config)
         return (
-            ("fss1000", "train", list(folds.fss_classes("train"))),
-            ("fss1000", "test", list(folds.fss_classes("test"))),
+            ("fss1000", "train", list(folds.fss_classes("train", metadata))),
+            ("fss1000", "test", list(folds.fss_classes("test", metadata))),
         )
     train_classes, test_classes = folds.coco_to_pascal(fold)
     return ("coco20i", "train", list(train_classes)), ("pascal5i", "val", list(test_classes))
+
+
+def fss_metadata(config):
+    """The FSS-1000 build's `info.metadata` (class names and split classes), building it
+    from `config.data.manual_dir` first if needed."""
+    import tensorflow_datasets as tfds
+
+    from jaxvrp.data import builders  # registers the builder, whose info holds the metadata
+
+    del builders
+    source(config, "fss1000", "test")
+    return tfds.builder("fss1000", data_dir=data_dir(config)).info.metadata
+
+
+def protocol(config) -> str:
+    """`config.data.protocol` ("jaxvrp" for configs written before the key existed),
+    checked against the dataset: HSNet's lists exist for pascal5i, coco20i, fss1000."""
+    name = config.data.get("protocol", "jaxvrp")
+    if name not in episodes.PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {episodes.PROTOCOLS}, got {name!r}")
+    if name == hsnet.PROTOCOL and config.data.dataset not in hsnet.DATASETS:
+        raise ValueError(
+            f"data.protocol='hsnet' has HSNet's episode lists for {list(hsnet.DATASETS)}, not "
+            f"{config.data.dataset!r}; set data.protocol='jaxvrp'"
+        )
+    return name
+
+
+def hsnet_episodes(config, index: episodes.ClassIndex | None = None) -> list[hsnet.Episode]:
+    """HSNet's test episodes of the config's dataset, fold and shots (`jaxvrp.data.hsnet`).
+    FSS-1000 reads its test images from `index` (the test split's `ClassIndex`)."""
+    protocol(config)
+    d = config.data
+    image_ids, class_names = (), ()
+    if d.dataset == "fss1000":
+        if index is None:
+            index = episodes.ClassIndex.build(_light_source(config, "fss1000", "test"))
+        image_ids, class_names = list(index.ids), list(fss_metadata(config)["class_names"])
+    return hsnet.episodes_of(
+        d.dataset,
+        d.fold,
+        d.shots,
+        d.num_eval_episodes,
+        root=d.get("hsnet_splits", ""),
+        image_ids=image_ids,
+        class_names=class_names,
+    )
+
+
+def _light_source(config, dataset: str, split: str):
+    """The source without image decoding (reading ids and classes), built if needed."""
+    src = source(config, dataset, split)
+    if dataset == "procedural":
+        return src
+    return episodes.open_source(TFDS_NAME[dataset], split, data_dir(config), images=False)
+
+
+def eval_episode_list(config) -> list[dict]:
+    """The config's evaluation episodes as JSON-able rows {"episode", "query" (image id),
+    "supports" (image ids), "class"} (+ "hsnet_class" under "hsnet"), in episode order.
+
+    HSNet's PASCAL / COCO lists need no dataset; the others read the build's ids."""
+    if protocol(config) == hsnet.PROTOCOL:
+        return [e.to_json(i) for i, e in enumerate(hsnet_episodes(config))]
+    dataset, split, classes = plan(config)[1]
+    index = episodes.ClassIndex.build(_light_source(config, dataset, split))
+    name_of = {r: image_id for image_id, r in index.ids.items()}
+    cfg = _episode_config(config)
+    usable = index.usable(classes, cfg.shots)
+    rows = []
+    for n in range(cfg.num_eval_episodes):
+        c, q, refs = episodes.draw_episode(n, usable, index, cfg, round_robin=True)
+        rows.append(
+            {
+                "episode": n,
+                "query": name_of[q],
+                "supports": [name_of[int(r)] for r in refs],
+                "class": c,
+            }
+        )
+    return rows
 
 
 def _episode_config(config) -> episodes.EpisodeConfig:
@@ -96,6 +183,7 @@ def _episode_config(config) -> episodes.EpisodeConfig:
         annotation=config.data.annotation,
         seed=configs.data_seed(config),  # config.seed unless data.seed is set
         num_eval_episodes=config.data.num_eval_episodes,
+        protocol=protocol(config),
     )
 
 
@@ -103,6 +191,9 @@ def _episodes(config, which: int, train: bool, process_index, process_count, loc
     dataset, split, classes = plan(config)[which]
     src = source(config, dataset, split)
     index = episodes.ClassIndex.build(src)
+    fixed = None
+    if not train and protocol(config) == hsnet.PROTOCOL:
+        fixed = hsnet.resolve(hsnet_episodes(config, index), index.ids, index.records)
     return episodes.episode_dataset(
         src,
         index,
@@ -113,6 +204,7 @@ def _episodes(config, which: int, train: bool, process_index, process_count, loc
         process_index=process_index,
         process_count=process_count,
         num_workers=config.data.num_workers,
+        fixed=fixed,
     )
 
 

@@ -14,8 +14,13 @@ the fold's novel classes) is identical on every machine and run. Training episod
 0, 1, 2, ... without end; with several hosts, host p of n takes the numbers p, p + n, ...,
 so hosts never repeat each other's episodes and the global stream does not depend on n.
 
+Under `protocol="hsnet"` the evaluation episodes are instead HSNet's own test episodes
+(`jaxvrp.data.hsnet`: its split lists and its `np.random` draw sequence, seeded 0), passed to
+`episode_dataset` as a fixed list; training episodes stay as above.
+
 Each episode is resized to `image_size` square (aspect not kept, as VRP-SAM; bilinear for
-images, nearest for masks), ImageNet-normalised, and its references annotated by
+images, nearest for masks: PIL's, or PyTorch's `F.interpolate` index rule under "hsnet", as
+HSNet resizes them), ImageNet-normalised, and its references annotated by
 `jaxvrp.data.annotations` with per-episode seeds. A batch is a dict of fixed-shape numpy
 arrays:
 
@@ -35,13 +40,14 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
+from absl import app, flags
 from PIL import Image
 
-from jaxvrp.data import annotations
+from jaxvrp.data import annotations, hsnet
 from jaxvrp.data.schema import IGNORE
 from jaxvrp.image import normalized_image, resized_mask
 
+PROTOCOLS = ("jaxvrp", hsnet.PROTOCOL)
 _NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
 
@@ -52,8 +58,11 @@ class EpisodeConfig:
     annotation: str = "mask"  # "point", "box", "scribble" or "mask"
     seed: int = 0
     num_eval_episodes: int = 1000  # per fold (VRP-SAM, HSNet)
+    protocol: str = "jaxvrp"  # or "hsnet": masks resized as HSNet does (see the docstring)
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.annotation not in annotations.ANNOTATION_TYPES:
             raise ValueError(
                 f"annotation must be one of {annotations.ANNOTATION_TYPES}, got {self.annotation!r}"
@@ -83,21 +92,25 @@ def open_source(name: str, split: str, data_dir: str, *, images: bool = True) ->
 
 @dataclasses.dataclass(frozen=True)
 class ClassIndex:
-    """For every class, its records' indices sorted by `image_id`."""
+    """For every class, its records' indices sorted by `image_id`; `ids` maps each
+    `image_id` to its record (the first, should a build repeat one)."""
 
     records: dict[int, np.ndarray]
+    ids: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(cls, source: Any) -> "ClassIndex":
         """Read `classes` and `image_id` of every record (images are not decoded)."""
         by_class: dict[int, list[tuple[str, int]]] = {}
+        ids: dict[str, int] = {}
         for i in range(len(source)):
             r = source[i]
             image_id = r["image_id"]
             image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+            ids.setdefault(image_id, i)
             for c in np.asarray(r["classes"]).tolist():
                 by_class.setdefault(int(c), []).append((image_id, i))
-        return cls({c: np.array([i for _, i in sorted(v)]) for c, v in by_class.items()})
+        return cls({c: np.array([i for _, i in sorted(v)]) for c, v in by_class.items()}, ids)
 
     def usable(self, classes, shots: int) -> list[int]:
         """The given classes that have at least shots + 1 records (sorted)."""
@@ -121,12 +134,14 @@ def _decode(value: Any, mode: str) -> np.ndarray:
     return np.asarray(value)
 
 
-def load_example(source: Any, record: int, class_id: int, size: int):
-    """(normalised image (S, S, 3), binary mask (S, S), ignore (S, S)) of one record."""
+def load_example(source: Any, record: int, class_id: int, size: int, protocol: str = "jaxvrp"):
+    """(normalised image (S, S, 3), binary mask (S, S), ignore (S, S)) of one record; masks
+    resized with PIL's nearest, or PyTorch's under protocol "hsnet" (as HSNet)."""
     r = source[record]
     image = normalized_image(_decode(r["image"], "RGB"), size)
     mask = _decode(r["mask"], "L")
-    mask = resized_mask(mask.reshape(mask.shape[:2]), size)
+    resize = hsnet.resized_mask if protocol == hsnet.PROTOCOL else resized_mask
+    mask = resize(mask.reshape(mask.shape[:2]), size)
     return image, (mask == class_id).astype(np.float32), mask == IGNORE
 
 
@@ -138,14 +153,18 @@ def make_episode(
     config: EpisodeConfig,
     *,
     train: bool,
+    drawn: tuple[int, int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Episode `number` as fixed-shape arrays (see the module docstring)."""
-    c, query, refs = draw_episode(number, classes, index, config, round_robin=not train)
-    s = config.image_size
-    q_img, q_mask, q_ignore = load_example(source, query, c, s)
+    """Episode `number` as fixed-shape arrays (see the module docstring); `drawn` = its
+    (class, target record, reference records) from a fixed list instead of `draw_episode`."""
+    if drawn is None:
+        drawn = draw_episode(number, classes, index, config, round_robin=not train)
+    c, query, refs = drawn
+    s, protocol = config.image_size, config.protocol
+    q_img, q_mask, q_ignore = load_example(source, query, c, s, protocol)
     s_imgs, s_masks, s_anns = [], [], []
     for shot, ref in enumerate(refs):
-        img, mask, _ = load_example(source, int(ref), c, s)
+        img, mask, _ = load_example(source, int(ref), c, s, protocol)
         ann = annotations.simulate_annotation(
             mask,
             config.annotation,
@@ -179,18 +198,24 @@ def episode_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    fixed: list[tuple[int, int, np.ndarray]] | None = None,
 ) -> grain.IterDataset:
     """Batched episodes of `classes` (a fold's base classes to train, novel to evaluate).
 
     Training: endless, episodes p, p + n, ... on host p of n. Evaluation: the fixed first
     `config.num_eval_episodes` episodes, split between hosts the same way; the last batch
-    is padded by repeating episodes, with `valid` (B,) bool marking the real ones.
+    is padded by repeating episodes, with `valid` (B,) bool marking the real ones. `fixed`
+    (evaluation only): the episodes as a list of (class, target record, reference records),
+    e.g. HSNet's (`jaxvrp.data.hsnet.resolve`), instead of drawing them.
     `num_workers` > 0 decodes in that many processes. Iterators are checkpointable
     (`get_state` / `set_state`).
     """
+    if fixed is not None and train:
+        raise ValueError("a fixed episode list is for evaluation (train=False) only")
     usable = index.usable(classes, config.shots)
-    missing = sorted(set(classes) - set(usable))
-    if not usable:
+    # A fixed list names its own images (HSNet's may repeat a reference): no record counts.
+    missing = [] if fixed is not None else sorted(set(classes) - set(usable))
+    if fixed is None and not usable:
         raise ValueError(
             f"no class of {sorted(classes)} has {config.shots + 1} records in this source"
         )
@@ -201,7 +226,7 @@ def episode_dataset(
         )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    total = 2**62 if train else config.num_eval_episodes
+    total = 2**62 if train else config.num_eval_episodes if fixed is None else len(fixed)
     numbers = grain.MapDataset.range(total)[process_index::process_count]
     if not train:
         real = numbers
@@ -214,7 +239,8 @@ def episode_dataset(
 
     def build(item):
         number, valid = item
-        ep = make_episode(source, int(number), usable, index, config, train=train)
+        drawn = None if fixed is None else fixed[int(number)]
+        ep = make_episode(source, int(number), usable, index, config, train=train, drawn=drawn)
         ep["valid"] = np.bool_(valid)
         return ep
 
@@ -226,3 +252,43 @@ def episode_dataset(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program (so the module imports freely)."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "learner config file", lock_config=True)
+    flags.DEFINE_bool("list", False, "write the evaluation episode list as JSON lines")
+    flags.DEFINE_string("out", None, "file to write (default: standard output)")
+
+
+def main(argv) -> None:
+    """`python -m jaxvrp.data.episodes --config CONFIG --list [--out FILE]`: the config's
+    evaluation episodes, one JSON object per line: {"episode", "query", "supports",
+    "class"} (image ids and jaxvrp's class id; under "hsnet" also "hsnet_class")."""
+    import json
+    import os
+    import sys
+
+    from jaxvrp.data import datasets
+
+    del argv
+    f = flags.FLAGS
+    if not f.list:
+        raise app.UsageError("nothing to do: pass --list")
+    rows = datasets.eval_episode_list(f.config)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if f.out is None:
+        sys.stdout.write(text)
+        return
+    out = Path(f.out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # never a half-written list
+
+
+if __name__ == "__main__":
+    _define_flags()
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
