@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import loop, metrics, trainer
 from jaxvrp.data import datasets
-from jaxvrp.learners import frozen_sam
+from jaxvrp.learners import frozen_sam, protocol
 
 
 def _define_flags() -> None:
@@ -72,8 +72,13 @@ def evaluate(
     if params is None:
         params = learner.init(jax.random.key(config.seed), lconfig)
     params = jax.device_put(params, replicated)
+    # per-episode keys fold_in(rng, episode): a sampling learner (ProSAM's sampled inference,
+    # GP-SAM's points) draws fresh noise for every episode, the same whatever the batch
+    # size, the episode's position in it or the number of hosts (jaxvrp.learners.protocol)
     predict = jax.jit(
-        lambda p, f, b, r: learner.apply(p, f, b, config=lconfig, rng=r),
+        lambda p, f, b, r: learner.apply(
+            p, f, b, config=lconfig, rng=protocol.example_keys(r, b["episode"])
+        ),
         in_shardings=(replicated, replicated, batch_sharding, replicated),
         out_shardings=batch_sharding,
     )

@@ -109,7 +109,8 @@ def export_learner(directory: Path, config, params, frozen) -> Path:
 
 
 def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS`)."""
+    """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS` and the
+    episode numbers the step's rngs are keyed by)."""
     b, k, s = config.batch_size, config.data.shots, config.data.image_size
     f32 = np.float32
     return {
@@ -118,6 +119,7 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
         "support_annotations": jax.ShapeDtypeStruct((b, k, s, s), f32),
         "query_mask": jax.ShapeDtypeStruct((b, s, s), f32),
         "query_ignore": jax.ShapeDtypeStruct((b, s, s), np.bool_),
+        "episode": jax.ShapeDtypeStruct((b,), np.uint32),
     }
 
 
