@@ -29,13 +29,13 @@ arrays:
 
 import dataclasses
 import io
-from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
+from etils import epath
 from PIL import Image
 
 from jaxvrp.data import annotations
@@ -64,9 +64,11 @@ class EpisodeConfig:
 
 def is_built(name: str, data_dir: str) -> bool:
     """Whether `data_dir` holds a finished TFDS build of `name` (its `dataset_info.json`,
-    which TFDS writes last)."""
-    root = Path(data_dir) / name
-    return root.is_dir() and any(root.glob("**/dataset_info.json"))
+    which TFDS writes last, at `name/version/` or `name/config/version/`). `data_dir` may be
+    remote (`gs://...`; epath refuses `**` globs there, hence the two depths)."""
+    root = epath.Path(data_dir) / name
+    found = lambda pattern: any(root.glob(pattern))
+    return root.is_dir() and (found("*/dataset_info.json") or found("*/*/dataset_info.json"))
 
 
 def open_source(name: str, split: str, data_dir: str, *, images: bool = True) -> Any:
