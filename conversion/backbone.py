@@ -23,6 +23,7 @@ from conversion.common import (
     cli_parser,
     convert_state_dict,
     load_torch_state_dict,
+    output_path,
     run_cli,
     save_converted,
 )
@@ -84,7 +85,7 @@ def convert_backbone_state_dict(state_dict: dict[str, np.ndarray], config: Any) 
 
 def convert(arch: str, checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Convert `checkpoint` as `arch` and write the params checkpoint to `out`."""
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = Path(checkpoint), output_path(out)
     if arch not in backbones.ARCHS:
         raise ConversionError(f"unknown --arch {arch!r}; known: {sorted(backbones.ARCHS)}")
     check_output(out, overwrite)

@@ -146,6 +146,14 @@ def convert_state_dict(
     return traverse_util.unflatten_dict(out)
 
 
+def output_path(out: str | os.PathLike):
+    """The output directory as an `etils.epath.Path`: local, or remote (`gs://...`), which
+    `pathlib` would turn into a local `gs:/...` directory."""
+    from etils import epath  # noqa: PLC0415 -- keeps this module light to import
+
+    return epath.Path(out)
+
+
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless asked (checked before any work)."""
     if out.exists() and not overwrite:

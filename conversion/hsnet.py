@@ -28,6 +28,7 @@ from conversion.common import (
     cli_parser,
     convert_state_dict,
     load_torch_state_dict,
+    output_path,
     run_cli,
     save_converted,
     torch_key,
@@ -126,7 +127,7 @@ def convert(
     backbone: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = Path(checkpoint), output_path(out)
     check_output(out, overwrite)
     sd = load_torch_state_dict(checkpoint)
     if not any(k.removeprefix("module.").startswith(_LEARNER) for k in sd):

@@ -21,6 +21,7 @@ from conversion.common import (
     cli_parser,
     convert_state_dict,
     load_torch_state_dict,
+    output_path,
     run_cli,
     save_converted,
 )
@@ -82,7 +83,7 @@ def convert(
 ) -> Path:
     """Convert `checkpoint` and write the params checkpoint to `out`. Returns `out`."""
     checkpoint = Path(checkpoint)
-    out = Path(out)
+    out = output_path(out)
     check_output(out, overwrite)
     state_dict = load_torch_state_dict(checkpoint)
     inferred = infer_variant(state_dict)

@@ -26,6 +26,7 @@ from conversion.common import (
     cli_parser,
     convert_state_dict,
     load_torch_state_dict,
+    output_path,
     run_cli,
     save_converted,
 )
@@ -119,7 +120,7 @@ def convert(
     num_queries: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = Path(checkpoint), output_path(out)
     check_output(out, overwrite)
     if sam not in SAM_VARIANTS:
         raise ConversionError(f"unknown --sam {sam!r}; known: {sorted(SAM_VARIANTS)}")

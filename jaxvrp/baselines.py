@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxvrp.learners import frozen_sam, registry, vrp
+from jaxvrp.learners import frozen_sam, protocol, registry, vrp
 from jaxvrp.learners.protocol import FrozenSpec, Learner, no_params
 from jaxvrp.masks import tight_boxes
 from jaxvrp.sam import config as sam_config
@@ -72,7 +72,11 @@ def gp_sam_prompts(pm: jax.Array, rng: jax.Array, *, num_points: int, threshold:
     best = jax.nn.one_hot(jnp.argmax(pm.reshape(b, -1), axis=1), h * w, dtype=bool)
     region = jnp.where(region.any(axis=(1, 2))[:, None, None], region, best.reshape(b, h, w))
     flat = region.reshape(b, -1)
-    noise = jax.random.uniform(rng, (num_points, b, h * w))
+    if protocol.per_example(rng):  # (B,) keys: each target's points from its own key
+        draw = lambda key: jax.random.uniform(key, (num_points, h * w))
+        noise = jnp.swapaxes(jax.vmap(draw)(rng), 0, 1)
+    else:
+        noise = jax.random.uniform(rng, (num_points, b, h * w))
     cells = jnp.argmax(noise + 2.0 * flat[None], axis=2).T  # (B, P)
     sx, sy = scale / w, scale / h
     points = jnp.stack([(cells % w + 0.5) * sx, (cells // w + 0.5) * sy], axis=-1)

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxvrp import assets, configs, evaluate, metrics, trainer
+from jaxvrp import assets, configs, evaluate, metrics, paths, trainer
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import train as train_lib
 from jaxvrp.data import datasets
@@ -206,9 +206,9 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
 
     t0 = time.perf_counter()
     stage = Stage(t0)
-    out = Path(out)
+    out = paths.as_path(out)  # gs://... stays remote
     out.mkdir(parents=True, exist_ok=True)
-    sam_dir = Path(sam_dir) if sam_dir else assets.default_sam_dir()
+    sam_dir = paths.as_path(sam_dir) if sam_dir else assets.default_sam_dir()
     demo = demo_config.get_config("runlocal" if runlocal else None)
     cfgs = method_configs(demo, out, sam_dir, steps=steps)
     base = next(iter(cfgs.values()))
@@ -275,7 +275,8 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     first = next(iter(examples.values())).batch  # the same episodes for every method
     grid = example_grid(first, {k: v.logits for k, v in examples.items()}, demo.examples)
-    Image.fromarray(grid).save(out / "examples.png")
+    with (out / "examples.png").open("wb") as f:  # PIL alone would write gs:// locally
+        Image.fromarray(grid).save(f, format="PNG")
     print(header + "\n\n" + table)
     columns = ["reference", "target, truth", *examples]
     print(f"\nexamples: {out / 'examples.png'} (columns: {', '.join(columns)})")
@@ -291,10 +292,10 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxvrp.demo", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    parser.add_argument("--out", default="out/demo", help="output directory (local or gs://...)")
     parser.add_argument("--runlocal", action="store_true", help="tiny sizes (tests)")
     parser.add_argument("--steps", type=int, help="training steps per learner")
-    parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: the embedded one)")
+    parser.add_argument("--sam", help="SAM checkpoint (default: the embedded one)")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     run(args.out, runlocal=args.runlocal, steps=args.steps, sam_dir=args.sam)

@@ -13,7 +13,6 @@ directory); a training-free one (GP-SAM, the oracle box, ...) needs none.
 
 import json
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,9 +21,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
-from jaxvrp import loop, metrics, trainer
+from jaxvrp import loop, metrics, paths, trainer
 from jaxvrp.data import datasets, hsnet
-from jaxvrp.learners import frozen_sam
+from jaxvrp.learners import frozen_sam, protocol
 
 
 def _define_flags() -> None:
@@ -34,9 +33,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "checkpoints directory (default: workdir)")
 
 
-def restore_params(config, checkpoints: Path):
+def restore_params(config, checkpoints: paths.PathLike):
     """The learner params of the latest checkpoint under `checkpoints`."""
-    mgr = ocp.CheckpointManager(checkpoints.absolute())
+    mgr = ocp.CheckpointManager(paths.absolute(checkpoints))
     step = mgr.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {checkpoints}")
@@ -75,8 +74,13 @@ def evaluate(
     if params is None:
         params = learner.init(jax.random.key(config.seed), lconfig)
     params = jax.device_put(params, replicated)
+    # per-episode keys fold_in(rng, episode): a sampling learner (ProSAM's sampled inference,
+    # GP-SAM's points) draws fresh noise for every episode, the same whatever the batch
+    # size, the episode's position in it or the number of hosts (jaxvrp.learners.protocol)
     predict = jax.jit(
-        lambda p, f, b, r: learner.apply(p, f, b, config=lconfig, rng=r),
+        lambda p, f, b, r: learner.apply(
+            p, f, b, config=lconfig, rng=protocol.example_keys(r, b["episode"])
+        ),
         in_shardings=(replicated, replicated, batch_sharding, replicated),
         out_shardings=batch_sharding,
     )
@@ -135,7 +139,10 @@ def evaluate(
 
 class EmbeddingCache:
     """SAM image embeddings of evaluation targets, one .npy per record, in
-    `config.data.embedding_cache/<dataset>_<split>_<sam variant>_<image size>/`.
+    `config.data.embedding_cache/<dataset>_<split>_<sam variant>_<image size>/` (local or
+    remote, e.g. `gs://...`). Several hosts (or runs) may fill the same directory at once:
+    each entry is written to a per-process temporary name and renamed into place, so no
+    reader sees half an entry and no two writers share a temporary file.
 
     The evaluation episodes are fixed, so their targets' embeddings (the frozen SAM's ~98 %
     of the compute) can be computed once and reused by every later evaluation of the same
@@ -145,25 +152,23 @@ class EmbeddingCache:
     def __init__(self, config, sam) -> None:
         dataset, split, _ = datasets.plan(config)[1]
         name = f"{dataset}_{split}_{config.model.sam}_{config.data.image_size}"
-        self.dir = Path(config.data.embedding_cache) / name
+        self.dir = paths.as_path(config.data.embedding_cache) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self._embed = jax.jit(lambda p, x: frozen_sam.image_embeddings(p, x, sam))
 
     def lookup(self, batch: dict, sam_params) -> np.ndarray:
         """(B, h, w, C) embeddings of the batch's targets, computing the missing ones."""
-        paths = [self.dir / f"{int(r)}.npy" for r in batch["query_record"]]
-        missing = [i for i, p in enumerate(paths) if not p.exists()]
+        files = [self.dir / f"{int(r)}.npy" for r in batch["query_record"]]
+        missing = [i for i, p in enumerate(files) if not p.exists()]
         if missing:
             new = np.asarray(self._embed(sam_params, batch["query_image"][missing]))
             for i, emb in zip(missing, new, strict=True):
-                tmp = paths[i].with_suffix(".tmp.npy")
-                np.save(tmp, emb)
-                tmp.replace(paths[i])  # never a half-written entry
-        return np.stack([np.load(p) for p in paths])
+                paths.save_npy(files[i], emb)  # never a half-written entry
+        return np.stack([paths.load_npy(p) for p in files])
 
 
-def write_results(workdir: Path, results: dict[str, dict]) -> None:
-    out = Path(workdir) / "eval"
+def write_results(workdir: paths.PathLike, results: dict[str, dict]) -> None:
+    out = paths.as_path(workdir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (out / "results.md").write_text(metrics.markdown_table(results) + "\n")
@@ -172,7 +177,7 @@ def write_results(workdir: Path, results: dict[str, dict]) -> None:
 def main(argv) -> None:
     del argv
     f = flags.FLAGS
-    config, workdir = f.config, Path(f.workdir)
+    config, workdir = f.config, paths.as_path(f.workdir)
     if config.distributed:
         loop.initialize_distributed(config)
     learner = trainer.learner_of(config)
@@ -183,7 +188,7 @@ def main(argv) -> None:
         sys.exit(2)
     params, name = None, learner.title
     if learner.trainable:
-        checkpoints = Path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
+        checkpoints = paths.as_path(f.checkpoint) if f.checkpoint else workdir / "checkpoints"
         params, step = restore_params(config, checkpoints)
         name = f"{learner.title}@{step}"
     result = evaluate(config, params, name=name)

@@ -17,7 +17,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -27,6 +26,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxvrp import paths
+from jaxvrp.paths import PathLike
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -86,7 +88,7 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: PathLike, config) -> ocp.CheckpointManager:
     """Checkpoints under `workdir/checkpoints`, every `config.checkpoint_every` steps,
     keeping `config.keep_checkpoints`.
 
@@ -97,7 +99,7 @@ def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
     states are small (tens of MB), so waiting costs little.
     """
     return ocp.CheckpointManager(
-        (Path(workdir) / "checkpoints").absolute(),
+        paths.absolute(paths.as_path(workdir) / "checkpoints"),  # gs://... stays remote
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints,
             save_interval_steps=config.checkpoint_every,
@@ -107,7 +109,7 @@ def checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
     )
 
 
-def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: Path):
+def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: PathLike):
     """(state, step) of the latest checkpoint, the data iterator restored in place; the
     given state and step 0 when there is none."""
     start = mgr.latest_step()
@@ -124,21 +126,22 @@ def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: Path):
     return restored["state"], start
 
 
-def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, tensorboard):
+def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, config, tensorboard):
     """Steps `start` .. `end` of `state, metrics = step(state, next(iterator))`: checkpoints
     (state + iterator), `metrics.jsonl` every `config.log_every` steps (process 0; with
     TensorBoard events if `tensorboard`), a progress bar, a stop on a non-finite loss.
     Returns (state, last logged metrics)."""
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     lead = jax.process_index() == 0
     log = None
     if lead:
         truncate_log(workdir / "metrics.jsonl", start)
-        log = open(workdir / "metrics.jsonl", "a")
+        log = paths.JsonLines(workdir / "metrics.jsonl")
     tb = None
     if lead and tensorboard:
         from tensorboardX import SummaryWriter
 
+        paths.register_tensorboard(workdir)
         # events of the steps after `start` (replayed now) are purged from the log
         tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
     progress = _progress(start, end, enabled=lead)
@@ -187,9 +190,10 @@ def run_steps(step, state, iterator, mgr, workdir: Path, *, start, end, config, 
     return state, last
 
 
-def truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: PathLike, step: int) -> None:
     """Drop the lines of a `metrics.jsonl` whose step is after `step` (a resumed run replays
     them), atomically, so every step appears once."""
+    path = paths.as_path(path)
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
@@ -202,9 +206,7 @@ def truncate_log(path: Path, step: int) -> None:
         if logged <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
     if keep != lines:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+        paths.write_atomic(path, "".join(keep))
 
 
 def _progress(start: int, end: int, enabled: bool):

@@ -5,19 +5,21 @@ This is the format of converted weights (SAM, backbones, learners). Training che
 
 Writes are process-local (in a multi-host run, one process writes) and all-or-nothing:
 everything goes to a temporary sibling directory that is renamed into place only when
-complete, so an interrupted or failed write leaves no `DIR`.
+complete, so an interrupted or failed write leaves no `DIR`. The temporary name is unique
+to the process (`jaxvrp.paths.temp_sibling`); `DIR` may be remote (`gs://...`, where the
+rename is a copy then a delete).
 """
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxvrp import paths
 
 METADATA_FILE = "metadata.json"
 PARAMS_DIR = "params"
@@ -34,23 +36,25 @@ def save_params(
     metadata: dict[str, Any],
     *,
     overwrite: bool = False,
-) -> Path:
+) -> epath.Path:
     """Write `params` (a pytree of arrays) and `metadata` (JSON-able) to `directory`."""
-    directory = Path(directory).absolute()
+    directory = paths.absolute(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists; choose another path or overwrite")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    tmp = paths.temp_sibling(directory, "partial")
+    tmp.mkdir()
     try:
         params = jax.tree.map(np.asarray, params)
         _local_checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         meta = {"format_version": FORMAT_VERSION, **metadata}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+            directory.rmtree()
+        tmp.rename(directory)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            tmp.rmtree()
         raise
     return directory
 
@@ -67,7 +71,7 @@ def _local_checkpointer() -> ocp.Checkpointer:
 
 
 def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / METADATA_FILE
+    path = paths.as_path(directory) / METADATA_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a jaxvrp params checkpoint: no {METADATA_FILE}")
     try:
@@ -80,7 +84,7 @@ def load_params(
     directory: str | os.PathLike, *, expected_kind: str | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Read a checkpoint written by `save_params`: (params as numpy arrays, metadata)."""
-    directory = Path(directory).absolute()
+    directory = paths.absolute(directory)
     metadata = load_metadata(directory)
     if expected_kind is not None and metadata.get("kind") != expected_kind:
         raise CheckpointError(

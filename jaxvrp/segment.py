@@ -73,6 +73,7 @@ import dataclasses
 import functools
 import glob
 import inspect
+import io
 import json
 import os
 import sys
@@ -91,6 +92,7 @@ from jaxvrp import sam as sam_lib
 from jaxvrp.image import binary_mask, normalized_image, resize_bilinear, resized_mask, rgb8
 from jaxvrp.learners import checkpoint, registry
 from jaxvrp.masks import any_pool, erode
+from jaxvrp.paths import absolute, as_path, write_atomic
 
 PROG = "jaxvrp segment"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -262,7 +264,7 @@ def find_targets(targets: str | os.PathLike | Sequence[str | os.PathLike]) -> li
 
 
 def load_learner(learner_dir: str | os.PathLike) -> checkpoint.LearnerCheckpoint:
-    if not Path(learner_dir).is_dir():
+    if not as_path(learner_dir).is_dir():
         raise SegmentError(f"--learner: no such directory: {learner_dir}")
     try:
         return checkpoint.load(learner_dir)
@@ -395,7 +397,7 @@ def _sam_dir(sam_dir):
 
 @functools.cache
 def _read_sam_cached(sam_dir: str):
-    if not Path(sam_dir).is_dir():
+    if not as_path(sam_dir).is_dir():
         raise SegmentError(f"--sam: no such directory: {sam_dir}")
     try:
         return sam_lib.load(sam_dir)
@@ -405,7 +407,7 @@ def _read_sam_cached(sam_dir: str):
 
 def _read_sam(sam_dir):
     """(params, config) of `sam_dir` (None: the embedded SAM), read once per run."""
-    return _read_sam_cached(str(Path(_sam_dir(sam_dir)).absolute()))
+    return _read_sam_cached(str(absolute(_sam_dir(sam_dir))))
 
 
 def _load_sam(sam_dir, want_config, ckpt: checkpoint.LearnerCheckpoint, learner_dir):
@@ -469,18 +471,15 @@ def _check_inputs(ckpt, frozen, support_images, support_annotations) -> None:
         ) from e
 
 
-def _write_png(array: np.ndarray, path: Path) -> None:
-    """Write atomically: a hidden temporary file in the same directory, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_png(array: np.ndarray, path) -> None:
+    """Write atomically: a hidden per-process temporary file in the same directory, then a
+    rename (`jaxvrp.paths.write_atomic`; `path` local or remote, e.g. gs://...)."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
     try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        write_atomic(path, buf.getvalue())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SegmentError(f"--out: cannot write {path}: {e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def segment(
@@ -502,7 +501,7 @@ def segment(
     if (learner_dir is None) == (method is None):
         raise SegmentError("give exactly one of --learner DIR and --method NAME")
     _read_sam_cached.cache_clear()  # the SAM is read once per call, never across calls
-    out = Path(out_dir)
+    out = as_path(out_dir)  # gs://... stays remote
     if out.exists() and not out.is_dir():
         raise SegmentError(f"--out: {out} exists and is not a directory")
     if not shots:

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrp import configs, loop, trainer
+from jaxvrp import configs, loop, paths, trainer
 from jaxvrp import frozen as frozen_lib
 
 # config key -> what it is in the step. `seed` becomes the member's rngs; the optimiser
@@ -335,7 +335,7 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     stacked along members."""
     from jaxvrp.data import datasets
 
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)  # gs://... stays remote
     learner = trainer.learner_of(config)
     if not learner.trainable:
         raise ValueError(f"{learner.name} is training-free: nothing to train")

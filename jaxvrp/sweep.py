@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvrp import configs
+from jaxvrp import configs, paths
 
 LAUNCHERS = ("local", "slurm", "tpu", "print")
 _SAFE = re.compile(r"[^A-Za-z0-9._+=\-]")
@@ -165,7 +165,7 @@ def plan(base, module, sweep: str, vmap_keys=(), vmap: dict | None = None) -> li
 
 
 def is_finished(point_dir: Path) -> bool:
-    return (Path(point_dir) / "eval" / "results.json").exists()
+    return (paths.as_path(point_dir) / "eval" / "results.json").exists()
 
 
 def member_label(member: dict[str, Any], labels: dict[str, str]) -> str:
@@ -184,7 +184,7 @@ def run_point(point: Point, workdir: Path, members=None, *, member_shards: int =
     from jaxvrp import evaluate, stacked, train, trainer
     from jaxvrp import frozen as frozen_lib
 
-    out = Path(workdir) / point.name
+    out = paths.as_path(workdir) / point.name
     if is_finished(out):
         return None
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +287,7 @@ def slurm_script(argv_base: list[str], points: list[Point], workdir: Path) -> st
         for line in template.splitlines()
         if line.startswith("#SBATCH") and "job-name" not in line
     ]
-    logs = Path(workdir) / "logs"
+    logs = paths.as_path(workdir) / "logs"
     cmd = point_command(argv_base, '"$SLURM_ARRAY_TASK_ID"').replace(
         "'\"$SLURM_ARRAY_TASK_ID\"'", '"$SLURM_ARRAY_TASK_ID"'
     )
@@ -295,7 +295,7 @@ def slurm_script(argv_base: list[str], points: list[Point], workdir: Path) -> st
         "#!/usr/bin/env bash",
         f"# {len(points)} points of one jaxvrp sweep, one array task each "
         "(from launch/slurm.sbatch).",
-        "#   sbatch --nodes=N " + shlex.quote(str(Path(workdir) / "sweep.sbatch")),
+        "#   sbatch --nodes=N " + shlex.quote(str(paths.as_path(workdir) / "sweep.sbatch")),
         *sbatch,
         "#SBATCH --job-name=jaxvrp-sweep",
         f"#SBATCH --array=0-{len(points) - 1}",
@@ -346,7 +346,7 @@ def collect(workdir: Path) -> list[dict]:
     "result": {...}}] (points in index order)."""
     rows = []
     metas = []
-    for meta_path in Path(workdir).glob("*/point.json"):
+    for meta_path in paths.as_path(workdir).glob("*/point.json"):
         results_path = meta_path.parent / "eval" / "results.json"
         if results_path.exists():
             metas.append((json.loads(meta_path.read_text()), results_path))
@@ -518,14 +518,16 @@ def plot(table: dict, path: Path) -> Path | None:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()  # matplotlib writes local files only: through epath for gs://...
+    fig.savefig(buf, format=paths.as_path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
+    paths.write_atomic(path, buf.getvalue())
     return path
 
 
 def write_results(workdir: Path, title: str = "") -> dict:
     """`results.{md,csv,json}` (and `results.png`) in `workdir` from its finished points."""
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     table = aggregate(collect(workdir))
     (workdir / "results.json").write_text(json.dumps(table, indent=1) + "\n")
     (workdir / "results.csv").write_text(csv_text(table))
@@ -565,7 +567,7 @@ def main(argv) -> None:
     config_file = config_flags.get_config_filename(f["config"])
     overrides = config_flags.get_override_values(f["config"])
     base = f.config
-    workdir = Path(f.workdir)
+    workdir = paths.as_path(f.workdir)
     module = load_module(config_file)
     title = f"sweep_{f.sweep} of {config_file}"
     if f.aggregate:
@@ -623,7 +625,7 @@ def with_embedding_cache(base, module, sweep: str, workdir: Path):
         return base
     c = base.copy_and_resolve_references()
     with c.unlocked():
-        c.data.embedding_cache = str(Path(workdir) / "embeddings")
+        c.data.embedding_cache = str(paths.as_path(workdir) / "embeddings")
     c.lock()
     return c
 

@@ -14,7 +14,6 @@ the end, `workdir/learner` holds the trained learner as a `jaxvrp.learners.check
 import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
-from jaxvrp import loop, trainer
+from jaxvrp import loop, paths, trainer
 from jaxvrp.data import datasets
 from jaxvrp.loop import NonFiniteLoss, checkpoint_manager
 
@@ -34,11 +33,11 @@ def _define_flags() -> None:
     flags.DEFINE_bool("compile_only", False, "compile the train step, report memory, exit")
 
 
-def train(config, workdir: str | Path) -> dict:
+def train(config, workdir: paths.PathLike) -> dict:
     """Train to `config.total_steps` (or `config.stop_after` steps of this run); returns the
     last logged metrics. A training-free learner (no `loss_fn`) has nothing to train: it
     returns `{}` at once."""
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)  # gs://... stays remote
     learner = trainer.learner_of(config)
     if not learner.trainable:
         logging.info("%s is training-free: nothing to train", learner.name)
@@ -91,7 +90,7 @@ def train(config, workdir: str | Path) -> dict:
     return last
 
 
-def export_learner(directory: Path, config, params, frozen) -> Path:
+def export_learner(directory: paths.PathLike, config, params, frozen) -> paths.epath.Path:
     """The trained learner as a `jaxvrp.learners.checkpoint` (for `jaxvrp segment`)."""
     from jaxvrp.learners import checkpoint
 
@@ -109,7 +108,8 @@ def export_learner(directory: Path, config, params, frozen) -> Path:
 
 
 def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS`)."""
+    """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS` and the
+    episode numbers the step's rngs are keyed by)."""
     b, k, s = config.batch_size, config.data.shots, config.data.image_size
     f32 = np.float32
     return {
@@ -118,6 +118,7 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
         "support_annotations": jax.ShapeDtypeStruct((b, k, s, s), f32),
         "query_mask": jax.ShapeDtypeStruct((b, s, s), f32),
         "query_ignore": jax.ShapeDtypeStruct((b, s, s), np.bool_),
+        "episode": jax.ShapeDtypeStruct((b,), np.uint32),
     }
 
 

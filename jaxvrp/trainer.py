@@ -11,10 +11,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxvrp import loop
-from jaxvrp.learners import registry
+from jaxvrp.learners import protocol, registry
 from jaxvrp.learners.protocol import Learner
 
 # the batch arrays every learner may read (`Learner.batch_keys` adds its own)
@@ -85,8 +86,18 @@ def train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
 ) -> tuple[loop.TrainState, dict[str, jax.Array]]:
-    """One optimiser step on the learner's params only; the step is folded into the rng."""
-    rng = jax.random.fold_in(rng, state.step)
+    """One optimiser step on the learner's params only.
+
+    The learner gets per-example keys `fold_in(fold_in(rng, step), episode)` (B,) from
+    `batch["episode"]` (B,) uint32 (`model_inputs`), so each episode's dropout and samples do
+    not depend on where it sits in the global batch, nor on how many hosts and devices share
+    the batch (`jaxvrp.learners.protocol`)."""
+    if "episode" not in batch:
+        raise KeyError(
+            "train_step needs batch['episode'] (B,), the episode numbers its per-example rngs "
+            "are keyed by (kept by trainer.model_inputs)"
+        )
+    rng = protocol.example_keys(jax.random.fold_in(rng, state.step), batch["episode"])
     loss_fn = partial(learner.loss_fn, config=lconfig, train=True)
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, frozen, batch, rng=rng
@@ -110,12 +121,25 @@ def compile_train_step(lconfig, learner, optimizer, schedule, batch_sharding, re
 
 
 def model_inputs(batch: dict, learner: Learner | None = None, lconfig: Any = None) -> dict:
-    """The arrays a learner reads from a host batch, after its `prepare` (drops bookkeeping
-    such as `episode`)."""
+    """The arrays a learner reads from a host batch, after its `prepare`, and `episode`
+    (B,) as uint32, the number the step's per-example rngs are keyed by (drops other
+    bookkeeping such as `class_id`)."""
     if learner is not None and learner.prepare is not None:
         batch = learner.prepare(batch, lconfig)
     keys = MODEL_INPUTS + (learner.batch_keys if learner is not None else ())
-    return {k: batch[k] for k in keys if k in batch}
+    out = {k: batch[k] for k in keys if k in batch}
+    if "episode" in batch:
+        out["episode"] = episode_numbers(batch["episode"])
+    return out
+
+
+def episode_numbers(episode) -> np.ndarray:
+    """Episode numbers (B,) as uint32 (what `jax.random.fold_in` takes); a number outside
+    [0, 2**32) is an error rather than a silent wrap onto another episode's key."""
+    e = np.asarray(episode)
+    if e.size and (e.min() < 0 or e.max() >= 2**32):
+        raise ValueError(f"batch['episode'] must be in [0, 2**32), got {e.min()}..{e.max()}")
+    return e.astype(np.uint32)
 
 
 # Hyper-parameters as values: what `jaxvrp.stacked` vmaps over (one set per member). With

@@ -19,7 +19,8 @@ files in `config.data.manual_dir` the first time, or must already be built in
 """
 
 import os
-from pathlib import Path
+
+from etils import epath
 
 from jaxvrp import configs
 from jaxvrp.data import episodes, hsnet, procedural
@@ -52,7 +53,7 @@ def source(config, dataset: str, split: str):
         builder = ProceduralFss(
             config=config.data.procedural_config, data_dir=root, file_format="array_record"
         )
-        if not Path(builder.data_dir).exists():
+        if not epath.Path(builder.data_dir).exists():  # gs://... stays remote
             builder.download_and_prepare()
         return builder.as_data_source(split=split)
     name = TFDS_NAME[dataset]

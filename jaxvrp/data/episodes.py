@@ -34,13 +34,13 @@ arrays:
 
 import dataclasses
 import io
-from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags
+from etils import epath
 from PIL import Image
 
 from jaxvrp.data import annotations, hsnet
@@ -73,9 +73,11 @@ class EpisodeConfig:
 
 def is_built(name: str, data_dir: str) -> bool:
     """Whether `data_dir` holds a finished TFDS build of `name` (its `dataset_info.json`,
-    which TFDS writes last)."""
-    root = Path(data_dir) / name
-    return root.is_dir() and any(root.glob("**/dataset_info.json"))
+    which TFDS writes last, at `name/version/` or `name/config/version/`). `data_dir` may be
+    remote (`gs://...`; epath refuses `**` globs there, hence the two depths)."""
+    root = epath.Path(data_dir) / name
+    found = lambda pattern: any(root.glob(pattern))
+    return root.is_dir() and (found("*/dataset_info.json") or found("*/*/dataset_info.json"))
 
 
 def open_source(name: str, split: str, data_dir: str, *, images: bool = True) -> Any:
@@ -268,9 +270,9 @@ def main(argv) -> None:
     evaluation episodes, one JSON object per line: {"episode", "query", "supports",
     "class"} (image ids and jaxvrp's class id; under "hsnet" also "hsnet_class")."""
     import json
-    import os
     import sys
 
+    from jaxvrp import paths
     from jaxvrp.data import datasets
 
     del argv
@@ -282,10 +284,7 @@ def main(argv) -> None:
     if f.out is None:
         sys.stdout.write(text)
         return
-    out = Path(f.out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # never a half-written list
+    paths.write_atomic(f.out, text)  # never a half-written list
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ import importlib.resources
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 PROTOCOL = "hsnet"  # the value of config.data.protocol
 DATASETS = ("pascal5i", "coco20i", "fss1000")  # the datasets HSNet has test lists for
@@ -69,15 +69,15 @@ class Episode:
         }
 
 
-def splits_dir(override: str | os.PathLike = "") -> Path:
+def splits_dir(override: str | os.PathLike = "") -> epath.Path:
     """The split lists: `override` (a directory laid out as the shipped one) or the copy
     shipped with jaxvrp (`jaxvrp/data/splits/hsnet`)."""
     if override:
-        return Path(override)
-    return Path(str(importlib.resources.files("jaxvrp.data") / "splits" / "hsnet"))
+        return epath.Path(override)
+    return epath.Path(str(importlib.resources.files("jaxvrp.data") / "splits" / "hsnet"))
 
 
-def _file(root: Path, relative: str) -> Path:
+def _file(root: epath.Path, relative: str) -> epath.Path:
     path = root / relative
     if not path.is_file():
         raise FileNotFoundError(f"HSNet split list {path} not found (expected under {root})")
@@ -90,7 +90,7 @@ def _check_fold(fold: int) -> int:
     return fold
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: epath.Path) -> list[str]:
     # HSNet reads `f.read().split('\n')[:-1]` (files end with a newline); a missing final
     # newline is tolerated here rather than dropping the last line.
     lines = path.read_text().split("\n")

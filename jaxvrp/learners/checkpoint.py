@@ -17,12 +17,12 @@ training.
 """
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from jaxvrp import params_io
 from jaxvrp.learners import registry
 from jaxvrp.learners.protocol import FrozenSpec, Learner
+from jaxvrp.paths import PathLike
 
 DEFAULT_IMAGE_SIZE = 512  # VRP-SAM's training size (official FSSDataset img_size)
 
@@ -46,7 +46,7 @@ def _stores_backbone(spec: FrozenSpec) -> bool:
 
 
 def save(
-    directory: str | Path,
+    directory: PathLike,
     *,
     learner: str,
     model: dict,
@@ -56,7 +56,7 @@ def save(
     module: str | None = None,
     extra: dict | None = None,
     overwrite: bool = False,
-) -> Path:
+) -> params_io.epath.Path:
     """Write a learner checkpoint atomically; `model` holds the `make_config` arguments."""
     entry = registry.get(learner, module=module)
     model = dict(model)
@@ -76,7 +76,7 @@ def save(
     return params_io.save_params(directory, tree, metadata, overwrite=overwrite)
 
 
-def load(directory: str | Path) -> LearnerCheckpoint:
+def load(directory: PathLike) -> LearnerCheckpoint:
     """Read a learner checkpoint; an unknown kind or a malformed config is a
     `CheckpointError`."""
     meta = params_io.load_metadata(directory)

@@ -24,12 +24,13 @@ Points are (x, y) float32 pixel coordinates of the mask they come from (column, 
 
 import functools
 import hashlib
-import os
 from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 from scipy import ndimage
+
+from jaxvrp import paths
 
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity, as the heat-map components
 METHODS = ("interior", "sam_greedy")
@@ -192,21 +193,23 @@ def pad_points(points: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndar
 
 class PointCache:
     """Points per image on disk (`directory/<key>.npy`), for `sam_greedy`'s one-off cost.
-    `key` should name the image, the method and its options (e.g. the image id and seed)."""
+    `key` should name the image, the method and its options (e.g. the image id and seed).
+    The directory may be remote (`gs://...`) and shared by several processes: entries are
+    written to per-process temporary names and renamed into place (`jaxvrp.paths`)."""
 
     def __init__(self, directory: str):
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        self.directory = paths.as_path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.directory, hashlib.sha1(key.encode()).hexdigest() + ".npy")
+    def _path(self, key: str):
+        return self.directory / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
     def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         path = self._path(key)
-        if os.path.exists(path):
-            return np.load(path)
+        if path.exists():
+            return paths.load_npy(path)
         points = np.asarray(compute(), np.float32).reshape(-1, 2)
-        np.save(path, points)
+        paths.save_npy(path, points)
         return points
 
 

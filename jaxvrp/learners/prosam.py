@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvrp.learners import registry, vrp
+from jaxvrp.learners import protocol, registry, vrp
 from jaxvrp.learners.losses import segmentation_loss
 from jaxvrp.learners.protocol import FrozenSpec, Learner
 
@@ -99,8 +99,22 @@ def sample_prompts(
 
     mu, sigma (..., C). `per="prompt"`: one chi^2 draw per prompt vector and n defaults to C;
     `per="image"`: one draw per leading-axis item (an image's (Q, C) prompt set) and n
-    defaults to Q * C. `distribution="gaussian"`: z = mu + sigma * eps.
+    defaults to Q * C. `distribution="gaussian"`: z = mu + sigma * eps. `rng`: one key, or
+    (B,) per-example keys for mu, sigma (B, ..., C), each example's samples drawn from its
+    own key (`jaxvrp.learners.protocol`).
     """
+    if protocol.per_example(rng):
+        one = lambda key, m, s: sample_prompts(
+            key,
+            m[None],
+            s[None],
+            nu=nu,
+            num_samples=num_samples,
+            n=n,
+            per=per,
+            distribution=distribution,
+        )[:, 0]
+        return jnp.swapaxes(jax.vmap(one)(rng, mu, sigma), 0, 1)
     k_eps, k_delta = jax.random.split(rng)
     eps = jax.random.normal(k_eps, (num_samples, *mu.shape), mu.dtype)
     if distribution == "gaussian":
@@ -129,6 +143,7 @@ def encode_distribution(
 ) -> tuple[jax.Array, jax.Array]:
     """(mu, sigma), each (B, K_shots * Q, C)."""
     feats = vrp.shot_features(frozen, batch, config.vrp)
+    rng = protocol.shot_keys(rng, batch["support_images"].shape[1])  # per-example: per shot
     mu, sigma = ProSAMEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
     b = batch["support_images"].shape[0]
     return mu.reshape(b, -1, mu.shape[-1]), sigma.reshape(b, -1, sigma.shape[-1])
@@ -150,7 +165,7 @@ def loss_fn(
     """Mean over K samples of BCE + Dice (eq. 10): a `jax.vmap` over K sample keys of a
     single-sample sample -> decode -> loss; the SAM image embedding is computed once.
     Metrics: bce, dice, and sigma's mean / min / max over the batch's prompts."""
-    r_drop, r_sample = jax.random.split(rng)
+    r_drop, r_sample = protocol.split_keys(rng)
     mu, sigma = encode_distribution(params, frozen, batch, config=config, train=train, rng=r_drop)
     emb = vrp.query_embeddings(frozen, batch, config.vrp)
     out_size = batch["query_image"].shape[1:3]
@@ -160,7 +175,7 @@ def loss_fn(
         logits = vrp.decode_with_prompts(frozen["sam"], emb, z, out_size, config.vrp)
         return segmentation_loss(logits, batch["query_mask"], batch.get("query_ignore"))
 
-    losses, parts = jax.vmap(one_sample)(jax.random.split(r_sample, config.num_samples))
+    losses, parts = jax.vmap(one_sample)(protocol.split_keys(r_sample, config.num_samples))
     health = {"sigma_mean": sigma.mean(), "sigma_min": sigma.min(), "sigma_max": sigma.max()}
     # a non-finite sigma statistic stops training like a non-finite loss (jaxvrp.loop)
     return losses.mean(), {**{k: v.mean() for k, v in parts.items()}, **health}
@@ -184,7 +199,7 @@ def apply(
     "majority" (strictly more than K / 2 votes) merge binary masks (logit > 0, i.e.
     probability > 0.5) and return +1 / -1.
     """
-    r_drop, r_sample = jax.random.split(rng) if rng is not None else (None, None)
+    r_drop, r_sample = protocol.split_keys(rng) if rng is not None else (None, None)
     mu, sigma = encode_distribution(params, frozen, batch, config=config, train=train, rng=r_drop)
     emb = vrp.query_embeddings(frozen, batch, config.vrp)
     out_size = batch["query_image"].shape[1:3]

@@ -38,6 +38,22 @@ only ever call these fields; none of them knows any method by name.
   each host batch before it is sharded: derives the learner's own `batch_keys` from the
   standard ones (e.g. SAMIC's point prompts from the reference masks).
 
+Randomness (dropout, ProSAM's prompt samples, GP-SAM's points): the trainer and the evaluator
+pass `rng` as a (B,) key array, one key per example, `fold_in(rng, episode)` of the
+episode's number (`batch["episode"]`; the trainer first folds in the step). A learner draws
+each example's noise from its own key (`split_keys`, `shot_keys` and a `jax.vmap` of the
+draw over the keys), so an episode gets the same noise whatever its position in the global
+batch, the batch size, or the number of hosts and devices that share the batch: 2 processes
+x 2 devices train exactly like 1 process x 4 devices with dropout on. Called with one key
+(tests, `jaxvrp segment`, a user's script), a learner draws for the whole batch from it as
+before. Why per-example keys rather than the trainer running `loss_fn` once per example
+(`jax.vmap` over batches of one): a loss is a reduction over the batch (VRP-SAM's BCE is a
+mean over every valid pixel of the batch, not a mean of per-example means), and a vmapped
+loss would change it; per-example keys change only where the noise comes from, the learners
+stay batched functions, and a learner that draws nothing (HSNet, SAMIC, PerSAM, a user's
+deterministic one) needs no change. `jax.vmap` of the draws over the (B,) keys costs nothing
+against the model.
+
 Batch (fixed shapes, see `docs/learners.md`): `query_image` (B, H, W, 3), `support_images`
 (B, K, H, W, 3), `support_annotations` (B, K, H, W); for the loss `query_mask` (B, H, W) and
 optional `query_ignore` (B, H, W); optional `query_embedding` (B, h, w, C), precomputed SAM
@@ -47,6 +63,9 @@ image embeddings of the queries.
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 Params = Any
 
@@ -95,3 +114,46 @@ def no_params(rng: Any, config: Any) -> dict:
     """`init` of a training-free learner: nothing is learned."""
     del rng, config
     return {}
+
+
+def _key_shape(rng: jax.Array) -> tuple[int, ...]:
+    """The shape of a key array: typed keys (`jax.random.key`) or raw uint32 ones
+    (`jax.random.PRNGKey`, trailing axis of key data)."""
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return tuple(rng.shape)
+    return tuple(rng.shape[:-1])
+
+
+def per_example(rng: jax.Array | None) -> bool:
+    """Whether `rng` is a (B,) array of per-example keys (what the trainer and the
+    evaluator pass) rather than one key for the whole batch."""
+    if rng is None:
+        return False
+    shape = _key_shape(rng)
+    if len(shape) > 1:
+        raise ValueError(f"rng must be one key or a (B,) array of keys, got key shape {shape}")
+    return len(shape) == 1
+
+
+def example_keys(rng: jax.Array, episode: jax.Array) -> jax.Array:
+    """(B,) keys `fold_in(rng, episode[i])` from one key and the episode numbers (B,)
+    (non-negative integers below 2**32, `jaxvrp.trainer.model_inputs`)."""
+    return jax.vmap(lambda e: jax.random.fold_in(rng, e))(jnp.asarray(episode, jnp.uint32))
+
+
+def split_keys(rng: jax.Array, num: int = 2) -> jax.Array:
+    """`jax.random.split(rng, num)` for one key; for (B,) per-example keys each example's
+    key split on its own: (num, B). Either way `a, b = split_keys(rng)` unpacks."""
+    if not per_example(rng):
+        return jax.random.split(rng, num)
+    return jnp.swapaxes(jax.vmap(lambda r: jax.random.split(r, num))(rng), 0, 1)
+
+
+def shot_keys(rng: jax.Array | None, shots: int) -> jax.Array | None:
+    """Keys for a batch whose K shots are folded into it (B * K items, example-major, as
+    `jaxvrp.learners.vrp.shot_features`): (B,) per-example keys -> (B * K,) keys
+    `fold_in(key_b, shot)`; one key (or None) is returned as it is."""
+    if not per_example(rng):
+        return rng
+    keys = jax.vmap(lambda r: jax.vmap(lambda s: jax.random.fold_in(r, s))(jnp.arange(shots)))(rng)
+    return keys.reshape(-1, *keys.shape[2:])

@@ -39,7 +39,7 @@ from jaxvrp import backbones
 from jaxvrp.backbones.dinov2 import Dinov2Config
 from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.image import resize_bilinear, resize_nearest
-from jaxvrp.learners import frozen_sam, registry
+from jaxvrp.learners import frozen_sam, protocol, registry
 from jaxvrp.learners.attention import (
     CrossAttentionLayer,
     SelfAttentionLayer,
@@ -95,8 +95,15 @@ def make_config(
 
 
 def channel_dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-    """PyTorch's Dropout2d on NHWC: zero whole channels per example, scale by 1/(1-rate)."""
-    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
+    """PyTorch's Dropout2d on NHWC: zero whole channels per example, scale by 1/(1-rate).
+
+    x (N, h, w, C); rng one key for the batch, or (N,) keys, each example's channels drawn
+    from its own key (`jaxvrp.learners.protocol`: the same draw at any batch position)."""
+    if protocol.per_example(rng):
+        draw = lambda key: jax.random.bernoulli(key, 1.0 - rate, (1, 1, x.shape[-1]))
+        keep = jax.vmap(draw)(rng)
+    else:
+        keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -157,7 +164,7 @@ class VRPEncoder(nn.Module):
         if train and c.dropout > 0:
             if rng is None:
                 raise ValueError("train=True needs an rng for dropout")
-            rq, rs = jax.random.split(rng)
+            rq, rs = protocol.split_keys(rng)
             q, s = channel_dropout(q, c.dropout, rq), channel_dropout(s, c.dropout, rs)
         prototype = masked_average_pool(s, support_mask, c.prototype_eps)  # (B, C)
         proto_map = jnp.broadcast_to(prototype[:, None, None, :], s.shape)
@@ -276,8 +283,10 @@ def encode_prompts(
     rng: jax.Array | None,
 ) -> jax.Array:
     """The prompt embeddings for the batch: (B, K * num_queries, C); the K shots' prompt
-    sets are concatenated along the token axis (official `predict_mask_nshot`)."""
+    sets are concatenated along the token axis (official `predict_mask_nshot`). `rng`: one
+    key, or (B,) per-example keys (each shot then draws from `fold_in(key, shot)`)."""
     feats = shot_features(frozen, batch, config)
+    rng = protocol.shot_keys(rng, batch["support_images"].shape[1])
     prompts = VRPEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
     return prompts.reshape(batch["support_images"].shape[0], -1, prompts.shape[-1])
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from jaxvrp import loop, params_io
@@ -85,7 +86,7 @@ def _source(config):
 
 def train(config, workdir: str | Path) -> dict:
     """Train to `config.total_steps`; returns {"train": last metrics, "eval": held-out}."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)  # gs://... stays remote
     workdir.mkdir(parents=True, exist_ok=True)
     if config.distributed:
         loop.initialize_distributed(config)
