@@ -73,6 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "prosam",
             **{"model.num_queries": queries, "model.num_samples": 2 if runlocal else 4},
         ),
+        # HSNet on the SAM encoder's stages pooled to a pyramid (our adaptation, docs/hsnet.md)
+        # and SAMIC, its heat maps as SAM point prompts (paper architecture, demo schedule)
+        method("HSNet", "hsnet"),
+        method("SAMIC", "samic"),
         method("GP-SAM (points)", "gp_sam", **{"model.mode": "points"}),
         method("GP-SAM (box)", "gp_sam", **{"model.mode": "box"}),
         method("GP-SAM (points+box)", "gp_sam", **{"model.mode": "points+box"}),

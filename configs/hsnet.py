@@ -11,11 +11,13 @@
 | fold | 0..3 | 0 |
 | label | point, scribble, box, mask (the reference annotation) | mask |
 | shots | K >= 1 (evaluation; HSNet trains 1-shot) | 1 |
-| backbone | resnet50, resnet101, vgg16 (torchvision layouts) | resnet50 |
+| backbone | resnet50, resnet101, vgg16 (torchvision layouts); sam_<variant> (ours) | resnet50 |
+| sam | only with backbone=sam_<variant>: that variant (its checkpoint has the weights) | none |
 | runlocal | (flag) tiny backbone, 64 px procedural data, seconds on one CPU | off |
 
 `model` holds exactly the keyword arguments of `jaxvrp.learners.hsnet.make_config` (HSNet
-prompts no SAM, so there is no `model.sam`). Sources: code = the official repository
+prompts no SAM: `model.sam` is None, except with the SAM-encoder backbone, our adaptation
+for the CPU demo, `docs/hsnet.md`). Sources: code = the official repository
 (`juhongm999/hsnet`: `train.py`, `test.py`, README), paper = HSNet (ICCV 2021), SAMIC =
 papers/samic.md.
 """
@@ -27,16 +29,21 @@ from jaxvrp import configs
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     values, flags = configs.parse_arg(arg)
-    if "sam" in values:
-        raise ValueError("unknown config arg 'sam': HSNet prompts no SAM")
     runlocal = "runlocal" in flags
+    default_backbone = "resnet_test" if runlocal else "resnet50"
+    backbone = values.get("backbone", default_backbone)
+    if "sam" in values and backbone != f"sam_{values['sam']}":
+        raise ValueError(
+            f"config arg sam={values['sam']!r}: HSNet prompts no SAM; 'sam' is only the SAM "
+            f"whose encoder is the backbone (backbone=sam_{values['sam']}), got {backbone!r}"
+        )
     c = configs.base("hsnet", values, runlocal)
     dataset = c.data.dataset
     c.seed = 0  # code: test.py fix_randseed(0) (training epochs reseed with None)
 
     c.model = ml_collections.ConfigDict()
-    default_backbone = "resnet_test" if runlocal else "resnet50"
-    c.model.backbone = values.get("backbone", default_backbone)  # code: resnet50/101, vgg16
+    c.model.backbone = backbone  # code: resnet50/101, vgg16; ours: sam_<variant> (hsnet.py)
+    c.model.sam = values.get("sam")  # None, or the SAM of a sam_<variant> backbone
     c.model.num_4d_layers = 3  # code learner.py; SAMIC Table 5 ablates 1-4
     c.model.square_upsample_fix = False  # code: decoder upsamples to (2W, 2W)
 

@@ -97,18 +97,23 @@ def split_state_dict(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
     return learner, backbone
 
 
+def convert_learner_state_dict(learner_sd: dict[str, np.ndarray], config: hsnet.HSNetConfig):
+    """The `hpn_learner.*` keys (prefix included) -> the learner's params (strict)."""
+    return convert_state_dict(
+        learner_sd,
+        hsnet.param_shapes(config),
+        lambda k: "conv" if _CONV.search(k) else "identity",
+        source_key_of=lambda path: _LEARNER + torch_key(path),
+    )
+
+
 def convert_hsnet_state_dict(state_dict: dict[str, np.ndarray], config: hsnet.HSNetConfig) -> dict:
     """Official HSNet state dict -> {"learner": ..., "backbone": ...} (strict; the problems
     of both parts are reported together)."""
     learner_sd, backbone_sd = split_state_dict(state_dict)
     errors, out = [], {}
     try:
-        out["learner"] = convert_state_dict(
-            learner_sd,
-            hsnet.param_shapes(config),
-            lambda k: "conv" if _CONV.search(k) else "identity",
-            source_key_of=lambda path: _LEARNER + torch_key(path),
-        )
+        out["learner"] = convert_learner_state_dict(learner_sd, config)
     except ConversionError as e:
         errors.append(f"learner (hpn_learner.*): {e}")
     try:

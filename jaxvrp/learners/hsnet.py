@@ -7,7 +7,8 @@ learner over a frozen backbone, ported from the official code (`juhongm999/hsnet
     two = hsnet.logits(params, frozen, batch, config=config)   # (B, H, W, 2)
     fg = hsnet.apply(params, frozen, batch, config=config)     # (B, H, W)
 
-HSNet needs no SAM: `frozen = {"backbone": ...}` (`FrozenSpec(sam=None, backbone=...)`).
+HSNet needs no SAM: `frozen = {"backbone": ...}` (`FrozenSpec(sam=None, backbone=...)`),
+except with the SAM-encoder backbone below, whose weights are the SAM checkpoint's.
 
 Pipeline (shapes for one shot; NHWC, channels last throughout):
 
@@ -15,6 +16,12 @@ Pipeline (shapes for one shot; NHWC, channels last throughout):
    bottleneck of layer2-4 after its residual sum and before its final ReLU (`layer{L}_{i}`;
    13 maps for ResNet-50, 30 for ResNet-101); for VGG-16 (no BN) conv4_1-3 and conv5_1-3
    before their ReLU and pool5 (`feature.py`: `features[17, 19, 21, 24, 26, 28, 30]`).
+   Our adaptation, not a paper setting (the CPU demo's, where SAM's own encoder is the only
+   backbone on the machine): with `backbone="sam_<variant>"` the four stage outputs of the
+   SAM's ViT (`jaxvrp.backbones.sam_vit`) stand in for the bottlenecks, as a pyramid like
+   ResNet's 1/8, 1/16, 1/32: layer1 and layer2 at the encoder's resolution form the layer2
+   group, layer3 average-pooled 2 x 2 the layer3 group, layer4 pooled 4 x 4 the layer4 group
+   (`VIT_GROUPS`), so the official HPN with its support strides runs unchanged.
 2. Each support feature is multiplied by the support weight map (B, H, W) resized bilinearly
    (align_corners=True) to its size (`hsnet.py mask_feature`; a float map in [0, 1], so a
    heat map works as well as a binary mask).
@@ -58,6 +65,7 @@ import numpy as np
 
 from jaxvrp import backbones
 from jaxvrp.backbones.resnet import ResNetConfig
+from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.backbones.vgg import VGGConfig
 from jaxvrp.image import bilinear_matrix, resize_bilinear
 from jaxvrp.learners import registry
@@ -80,17 +88,22 @@ MIXING_BLOCKS = ("encoder_layer4to3", "encoder_layer3to2")
 DECODER_IN = 128  # outch3: decoder1's first conv's output (its input is C_last)
 DECODER_MID = 64  # outch2: decoder1's output, decoder2's width
 
+# Our adaptation to a SAM-encoder backbone (module docstring, item 1): the (layer4, layer3,
+# layer2) groups as (stage, average-pooling factor) pairs of `jaxvrp.backbones.sam_vit`.
+VIT_GROUPS = ((("layer4", 4),), (("layer3", 2),), (("layer1", 1), ("layer2", 1)))
+
 
 @dataclasses.dataclass(frozen=True)
 class HSNetConfig:
-    backbone: Any  # ResNetConfig (torchvision layout) or VGGConfig without BN
+    backbone: Any  # ResNetConfig (torchvision layout), VGGConfig without BN, or SamViTConfig
     num_4d_layers: int = 3
     square_upsample_fix: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.backbone, ResNetConfig | VGGConfig):
+        if not isinstance(self.backbone, ResNetConfig | VGGConfig | SamViTConfig):
             raise ValueError(
-                f"HSNet reads a ResNet or VGG backbone, got {type(self.backbone).__name__}"
+                "HSNet reads a ResNet, VGG or SAM-encoder backbone, got "
+                f"{type(self.backbone).__name__}"
             )
         if isinstance(self.backbone, ResNetConfig) and self.backbone.deep_stem:
             raise ValueError("HSNet uses torchvision's ResNet (7x7 stem), not the deep stem")
@@ -114,10 +127,14 @@ class HSNetConfig:
 
 
 def make_config(backbone: str = "resnet50", sam: str | None = None, **options: Any) -> HSNetConfig:
-    """An `HSNetConfig` from a backbone arch name (`resnet50`, `resnet101`, `vgg16`, or a
-    small `resnet_test`); HSNet prompts no SAM, so `sam` must be None."""
-    if sam is not None:
-        raise ValueError(f"HSNet uses no SAM; got sam={sam!r} (leave it None)")
+    """An `HSNetConfig` from a backbone arch name (`resnet50`, `resnet101`, `vgg16`, a small
+    `resnet_test`, or `sam_<variant>`); HSNet prompts no SAM, so `sam` must be None, or that
+    same variant with a `sam_<variant>` backbone (whose weights are that SAM's)."""
+    if sam is not None and backbone != f"sam_{sam}":
+        raise ValueError(
+            f"HSNet prompts no SAM; got sam={sam!r} (leave it None, or pass the SAM whose "
+            f"encoder is the backbone: backbone='sam_{sam}')"
+        )
     known = {f.name for f in dataclasses.fields(HSNetConfig)} - {"backbone"}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -138,8 +155,11 @@ def feature_groups(backbone: Any) -> tuple[tuple[str, ...], tuple[str, ...], tup
     """Backbone output keys of the (layer4, layer3, layer2) groups, each in bottleneck order.
 
     ResNet: every bottleneck of each layer (`stack_ids` in `hsnet.py`). VGG-16: (pool5),
-    (conv5_1..3), (conv4_1..3), the official `nbottlenecks = [.., 3, 3, 1]` split.
+    (conv5_1..3), (conv4_1..3), the official `nbottlenecks = [.., 3, 3, 1]` split. SAM
+    encoder: `VIT_GROUPS` (keys `<stage>_pool<factor>`).
     """
+    if isinstance(backbone, SamViTConfig):
+        return tuple(tuple(f"{n}_pool{f}" for n, f in group) for group in VIT_GROUPS)
     if isinstance(backbone, ResNetConfig):
         return tuple(
             tuple(f"layer{li}_{i}" for i in range(backbone.layers[li - 1])) for li in (4, 3, 2)
@@ -154,9 +174,29 @@ def group_channels(backbone: Any) -> tuple[int, int, int]:
 
 def extract_features(backbone_params: Params, images: jax.Array, backbone: Any) -> dict:
     """The HSNet feature maps of normalised images (N, H, W, 3): {key: (N, h, w, C)}."""
+    if isinstance(backbone, SamViTConfig):
+        return _vit_pyramid(backbone_params, images, backbone)
     feats = backbones.apply(backbone_params, images, config=backbone)
     keys = [k for group in feature_groups(backbone) for k in group]
     return {k: jax.lax.stop_gradient(feats[k]) for k in keys}
+
+
+def _vit_pyramid(backbone_params: Params, images: jax.Array, backbone: SamViTConfig) -> dict:
+    """`VIT_GROUPS`' maps: SAM's encoder on the images resized (bilinear, align_corners=True,
+    as SAM's own input) to its input size, its stages average-pooled by their factors."""
+    s = (backbone.image_size, backbone.image_size)
+    if images.shape[1:3] != s:
+        images = resize_bilinear(images, s, align_corners=True)
+    feats = backbones.apply(backbone_params, images, config=backbone)
+    out = {}
+    for n, f in (pair for group in VIT_GROUPS for pair in group):
+        x = feats[n]
+        b, h, w, c = x.shape
+        if h % f or w % f:
+            raise ValueError(f"SAM encoder map {n} is {h}x{w}, not divisible by its pooling {f}")
+        x = x.reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
+        out[f"{n}_pool{f}"] = jax.lax.stop_gradient(x)
+    return out
 
 
 def _unit(f: jax.Array) -> jax.Array:
@@ -448,7 +488,10 @@ def loss_fn(
 
 
 def frozen_spec(config: HSNetConfig) -> FrozenSpec:
-    """HSNet reads only its frozen backbone."""
+    """HSNet reads only its frozen backbone; a SAM-encoder backbone's weights come with the
+    SAM (`jaxvrp.frozen`), so that SAM is part of the spec."""
+    if isinstance(config.backbone, SamViTConfig):
+        return FrozenSpec(sam=config.backbone.sam_config, backbone=config.backbone)
     return FrozenSpec(sam=None, backbone=config.backbone)
 
 

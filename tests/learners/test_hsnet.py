@@ -339,3 +339,73 @@ def test_batch_sharded_over_8_devices_matches_one_device(devices):
     out = fn(*replicated, sharded_batch)
     assert out.sharding.spec[0] == "data"
     np.testing.assert_allclose(np.asarray(out), np.asarray(one), rtol=1e-5, atol=1e-6)
+
+
+def test_sam_encoder_backbone_matches_the_reference_on_its_pyramid():
+    """Our adaptation (`hsnet.VIT_GROUPS`): the SAM encoder's stages, layer3 and layer4
+    average-pooled 2x2 / 4x4, into the official correlation and HPN (reference modules) with
+    the group widths (1, 1, 2); and the config / frozen spec of that backbone."""
+    from conversion.hsnet import convert_learner_state_dict
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp.sam import config as sam_config
+    from jaxvrp.sam import model as sam_model
+
+    config = hsnet.make_config("sam_tiny_128", sam="tiny_128")
+    assert config == hsnet.make_config("sam_tiny_128")
+    assert hsnet.group_channels(config.backbone) == (1, 1, 2)
+    spec = hsnet.LEARNER.frozen(config)
+    assert spec.keys == ("sam", "backbone") and spec.backbone_is_sam_encoder
+    with pytest.raises(ValueError, match="backbone='sam_vit_b'"):
+        hsnet.make_config("sam_tiny_128", sam="vit_b")
+    from configs import hsnet as hsnet_config
+
+    c = hsnet_config.get_config("backbone=sam_tiny_128,sam=tiny_128,runlocal")
+    assert hsnet.make_config(**c.model.to_dict()) == config
+    assert hsnet_config.get_config("runlocal").model.sam is None
+    with pytest.raises(ValueError, match="only the SAM whose encoder is the backbone"):
+        hsnet_config.get_config("sam=vit_b")
+
+    sam_params = sam_model.init(jax.random.key(7), sam_config.get_config("tiny_128"))
+    torch.manual_seed(5)
+    learner = ref.HPNLearner([1, 1, 2])
+    ref.randomize_learner_(learner, 5).eval()
+    sd = {"hpn_learner." + k: v.detach().numpy() for k, v in learner.state_dict().items()}
+    params = convert_learner_state_dict(sd, config)
+    bb = frozen_lib.sam_backbone_params(sam_params, spec)
+
+    rs = np.random.RandomState(11)
+    size = 96  # not the encoder's 128: the images are resized to it first
+    b = {
+        "query_image": rs.randn(2, size, size, 3).astype(np.float32),
+        "support_images": rs.randn(2, 1, size, size, 3).astype(np.float32),
+        "support_annotations": heat_maps(rs, 2, size, size)[:, None],
+    }
+    out = jax.jit(lambda p, f, b: hsnet.logits(p, f, b, config=config))(params, {"backbone": bb}, b)
+
+    def pyramid(images):  # the stages (tested equal to SAM's blocks elsewhere), pooled in torch
+        resized = torch.nn.functional.interpolate(
+            nchw(images), (128, 128), mode="bilinear", align_corners=True
+        )
+        feats = backbones.apply(bb, np.moveaxis(resized.numpy(), 1, -1), config=config.backbone)
+        t = {k: nchw(np.asarray(v)) for k, v in feats.items()}
+        pool = torch.nn.functional.avg_pool2d
+        return [t["layer1"], t["layer2"], pool(t["layer3"], 2), pool(t["layer4"], 4)]
+
+    q = pyramid(b["query_image"])
+    s = pyramid(b["support_images"][:, 0])
+    m = torch.from_numpy(b["support_annotations"][:, 0])[:, None]
+    s = [
+        f * torch.nn.functional.interpolate(m, f.shape[2:], mode="bilinear", align_corners=True)
+        for f in s
+    ]
+    with torch.no_grad():
+        corr = ref.multilayer_correlation(q, s, torch.tensor([1, 2, 4]))
+        logit = learner(corr)
+        expected = torch.nn.functional.interpolate(
+            logit, (size, size), mode="bilinear", align_corners=True
+        )
+    expected = expected.permute(0, 2, 3, 1).numpy()
+    assert out.shape == (2, size, size, 2)
+    err = rel_l2(out, expected)
+    assert err <= TOL, err
+    assert 0.05 < float((expected.argmax(-1) == 1).mean()) < 0.95  # a non-trivial mask
