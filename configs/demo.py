@@ -89,6 +89,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             arg=f"persam_f,{SAM_ONLY}",
             **({"model.train_steps": 8} if runlocal else {}),
         ),
+        # training-free test-time prompt tuning (setting 2 of the SSPrompt issue): N = 16 prompts
+        # fitted for 20 Adam steps per episode instead of the 100 x 100 of configs/ssprompt.py
+        # (CPU budget)
+        method(
+            "SSPrompt",
+            "ssprompt",
+            arg=SAM_ONLY,
+            **{"model.num_prompts": 4 if runlocal else 16, "model.steps": 2 if runlocal else 20},
+        ),
         method("SAM + oracle box", "oracle_box"),
     ]
     c.examples = 8  # episodes shown in examples.png

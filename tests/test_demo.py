@@ -49,11 +49,14 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
     methods = [
         "VRP-SAM",
         "ProSAM",
+        "HSNet",
+        "SAMIC",
         "GP-SAM (points)",
         "GP-SAM (box)",
         "GP-SAM (points+box)",
         "PerSAM",
         "PerSAM-F",
+        "SSPrompt",
         "SAM + oracle box",
     ]
     assert list(results) == sorted(methods) or set(results) == set(methods)
@@ -62,12 +65,12 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         assert set(r["per_class_iou"]) <= {"1", "2", "3", "4", "5"}  # fold 0's novel classes
     assert "| method | mIoU |" in proc.stdout and "SAM + oracle box" in proc.stdout
     grid = np.asarray(Image.open(out / "examples.png"))
-    # a header, 2 episodes x (reference, target, 8 methods), the legend (2 lines at this width)
-    assert grid.shape == (26 + 2 * 68 + 2 * demo.LEGEND_HEIGHT, 10 * 68, 3)
+    # a header, 2 episodes x (reference, target, 11 methods), the legend (one line at this width)
+    assert grid.shape == (26 + 2 * 68 + demo.LEGEND_HEIGHT, 13 * 68, 3)
     legend = grid[26 + 2 * 68 :].reshape(-1, 3)
     for colour, _ in demo.LEGEND:  # every colour of the overlays has its swatch
         assert (legend == colour).all(axis=1).sum() >= 100, colour
-    for learner in ("vrp_sam", "prosam"):
+    for learner in ("vrp_sam", "prosam", "hsnet", "samic"):
         ckpt = checkpoint.load(out / learner / "learner")
         assert ckpt.learner.name == learner and ckpt.image_size == 64
         assert ckpt.backbone_params is None  # the SAM's own encoder
