@@ -91,6 +91,9 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     # FieldReference'd key sets the key it refers to, so `--config.data.seed=1` would
     # silently change `seed` too.
     c.data.seed = -1
+    # Training episodes use this fraction of each class's records (a seeded subset drawn with
+    # `data.seed`, at least shots + 1; SAMIC §4.2 trains on 20 %); 1 = all of them.
+    c.data.train_fraction = 1.0
 
     c.batch_size = 8  # VRP-SAM paper §4.4: total batch 8 (4 GPUs x 2)
     c.optimizer = ml_collections.ConfigDict()
@@ -106,6 +109,12 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    # Stop when the mean training loss of a log window (`log_every` steps) has not improved
+    # on the best window by more than `min_delta` for `patience` windows (SAMIC §4.2);
+    # 0 = off. Needs `checkpoint_every` to be a multiple of `log_every` (exact resumes).
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.patience = 0
+    c.early_stopping.min_delta = 0.0
     if runlocal:
         c.data.image_size = 64
         c.data.num_eval_episodes = 8

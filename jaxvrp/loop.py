@@ -126,6 +126,54 @@ def restore_latest(mgr: ocp.CheckpointManager, state, iterator, workdir: PathLik
     return restored["state"], start
 
 
+class EarlyStopping:
+    """`config.early_stopping`: stop when the mean training loss of a log window has not
+    improved on the best window's by more than `min_delta` for `patience` windows in a row.
+
+    Its state is a function of the logged window means (`loss_window` in `metrics.jsonl`),
+    so a resumed run replays it from the log (cut back to the restored step) and decides
+    exactly as an uninterrupted one; that needs resumes at window ends, hence
+    `checkpoint_every` a multiple of `log_every`."""
+
+    def __init__(self, config) -> None:
+        es = config.get("early_stopping")
+        self.patience = int(es.patience) if es is not None else 0
+        self.min_delta = float(es.min_delta) if es is not None else 0.0
+        if self.patience < 0:
+            raise ValueError(f"early_stopping.patience must be >= 0, got {self.patience}")
+        if self.patience and config.checkpoint_every % config.log_every:
+            raise ValueError(
+                f"early_stopping needs checkpoint_every ({config.checkpoint_every}) to be a "
+                f"multiple of log_every ({config.log_every}): resumes must start at a log window"
+            )
+        self.best, self.waited, self.stopped_at = math.inf, 0, None
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience > 0
+
+    def update(self, window_loss: float, step: int) -> bool:
+        """Account one window ending at `step`; True once training should stop."""
+        if window_loss < self.best - self.min_delta:
+            self.best, self.waited = window_loss, 0
+        else:
+            self.waited += 1
+        if self.enabled and self.waited >= self.patience and self.stopped_at is None:
+            self.stopped_at = step
+        return self.stopped_at is not None
+
+    def replay(self, log_path) -> dict:
+        """Feed the windows logged in `log_path`; returns the last logged line ({} if none)."""
+        log_path, last = paths.as_path(log_path), {}
+        if not self.enabled or not log_path.exists():
+            return last
+        for line in log_path.read_text().splitlines():
+            last = json.loads(line)
+            if "loss_window" in last:
+                self.update(last["loss_window"], last["step"])
+        return last
+
+
 def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, config, tensorboard):
     """Steps `start` .. `end` of `state, metrics = step(state, next(iterator))`: checkpoints
     (state + iterator), `metrics.jsonl` every `config.log_every` steps (process 0; with
@@ -144,9 +192,18 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
         paths.register_tensorboard(workdir)
         # events of the steps after `start` (replayed now) are purged from the log
         tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
+    stopper = EarlyStopping(config)
+    replayed = stopper.replay(workdir / "metrics.jsonl")  # every host reads it: one decision
+    if stopper.stopped_at is not None:
+        logging.info("early stopping already stopped this run at step %d", stopper.stopped_at)
+        if log is not None:
+            log.close()
+        if tb is not None:
+            tb.close()
+        return state, replayed
     progress = _progress(start, end, enabled=lead)
     last: dict = {}
-    t0, seen = time.perf_counter(), 0
+    t0, seen, window = time.perf_counter(), 0, []
     try:
         for i in range(start, end):
             state, metrics = step(state, next(iterator))
@@ -160,18 +217,24 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
                 )
             seen += config.batch_size
             done = i + 1
+            window.append(metrics["loss"])
+            stop = False
+            if stopper.enabled and done % config.log_every == 0:
+                stop = stopper.update(float(np.mean(window)), done)
             mgr.save(
                 done,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     data=grain.checkpoint.CheckpointSave(iterator),
                 ),
-                force=done == end,
+                force=done == end or stop,
             )
             if done % config.log_every == 0 or done == end:
                 now = time.perf_counter()
                 last = {"step": done, **metrics, "examples_per_s": seen / (now - t0)}
-                t0, seen = now, 0
+                if stopper.enabled and done % config.log_every == 0:
+                    last["loss_window"] = float(np.mean(window))
+                t0, seen, window = now, 0, []
                 if lead:
                     log.write(json.dumps(last) + "\n")
                     log.flush()
@@ -180,6 +243,16 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
                             tb.add_scalar(k, v, done)
             progress.update(1)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if stop:
+                logging.info(
+                    "early stopping at step %d: the window loss has not improved on %.6g by "
+                    "more than %g for %d windows",
+                    done,
+                    stopper.best,
+                    stopper.min_delta,
+                    stopper.patience,
+                )
+                break
     finally:
         progress.close()
         mgr.wait_until_finished()

@@ -64,6 +64,8 @@ _WHY_NOT = {
     "steps_per_epoch": "changes the number of steps; members train in lockstep",
     "total_steps": "changes the number of steps; members train in lockstep",
     "stop_after": "changes the number of steps; members train in lockstep",
+    "early_stopping.patience": "stops members at different steps; members train in lockstep",
+    "early_stopping.min_delta": "stops members at different steps; members train in lockstep",
     "optimizer.schedule": "selects another schedule (other code)",
     "optimizer.restart_steps": "sets the schedule's periods (Python structure of the schedule)",
     "model.num_queries": "sets parameter shapes",
@@ -339,6 +341,12 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     learner = trainer.learner_of(config)
     if not learner.trainable:
         raise ValueError(f"{learner.name} is training-free: nothing to train")
+    if config.get("early_stopping") is not None and config.early_stopping.patience:
+        raise ValueError(
+            "early_stopping.patience > 0 would stop each member at its own step, but stacked "
+            "members train in lockstep: set --config.early_stopping.patience=0 or run the "
+            "members as grid points"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     _check_members_file(workdir, members_)
     total = int(config.total_steps)

@@ -86,11 +86,14 @@ def train(config, workdir: paths.PathLike) -> dict:
         tensorboard=True,
     )
     if end == total and lead:
-        export_learner(workdir / "learner", config, jax.device_get(state.params), frozen)
+        steps = int(jax.device_get(state.step))  # fewer than total after an early stop
+        export_learner(workdir / "learner", config, jax.device_get(state.params), frozen, steps)
     return last
 
 
-def export_learner(directory: paths.PathLike, config, params, frozen) -> paths.epath.Path:
+def export_learner(
+    directory: paths.PathLike, config, params, frozen, steps: int | None = None
+) -> paths.epath.Path:
     """The trained learner as a `jaxvrp.learners.checkpoint` (for `jaxvrp segment`)."""
     from jaxvrp.learners import checkpoint
 
@@ -102,7 +105,12 @@ def export_learner(directory: paths.PathLike, config, params, frozen) -> paths.e
         image_size=config.data.image_size,
         backbone_params=jax.device_get(frozen.get("backbone")),
         module=config.get("learner_module") or None,
-        extra={"training": {"steps": int(config.total_steps), "dataset": config.data.dataset}},
+        extra={
+            "training": {
+                "steps": int(config.total_steps if steps is None else steps),
+                "dataset": config.data.dataset,
+            }
+        },
         overwrite=True,
     )
 

@@ -192,6 +192,12 @@ def _episodes(config, which: int, train: bool, process_index, process_count, loc
     dataset, split, classes = plan(config)[which]
     src = source(config, dataset, split)
     index = episodes.ClassIndex.build(src)
+    if train:
+        index = index.subset(
+            config.data.get("train_fraction", 1.0),
+            configs.data_seed(config),
+            minimum=config.data.shots + 1,
+        )
     fixed = None
     if not train and protocol(config) == hsnet.PROTOCOL:
         fixed = hsnet.resolve(hsnet_episodes(config, index), index.ids, index.records)

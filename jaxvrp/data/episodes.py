@@ -34,6 +34,7 @@ arrays:
 
 import dataclasses
 import io
+import math
 from typing import Any
 
 import grain
@@ -113,6 +114,22 @@ class ClassIndex:
             for c in np.asarray(r["classes"]).tolist():
                 by_class.setdefault(int(c), []).append((image_id, i))
         return cls({c: np.array([i for _, i in sorted(v)]) for c, v in by_class.items()}, ids)
+
+    def subset(self, fraction: float, seed: int, minimum: int) -> "ClassIndex":
+        """Each class keeps ceil(fraction x its records), at least `minimum` (or all it has):
+        a seeded draw (`default_rng([seed, class])`, independent of the other classes), kept
+        in `image_id` order. `fraction` 1 is this index itself (e.g. SAMIC trains on 20 %
+        of each class's data, paper §4.2)."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
+        if fraction == 1.0:
+            return self
+        records = {}
+        for c, r in self.records.items():
+            n = min(len(r), max(minimum, math.ceil(fraction * len(r))))
+            keep = np.random.default_rng([seed, c]).choice(len(r), size=n, replace=False)
+            records[c] = r[np.sort(keep)]
+        return dataclasses.replace(self, records=records)
 
     def usable(self, classes, shots: int) -> list[int]:
         """The given classes that have at least shots + 1 records (sorted)."""
