@@ -136,9 +136,13 @@ def test_training_on_precomputed_features_gives_the_same_params(tmp_path):
     assert sorted((tmp_path / "features").glob("*/*.npy"))  # the trainer wrote them
     keys = [k for k in plain if k != "losses"]
     assert keys and set(keys) == {k for k in cached if k != "losses"}
-    for k in keys:  # bitwise on this CPU; allow float32 rounding of another fusion
-        np.testing.assert_allclose(cached[k], plain[k], rtol=1e-5, atol=1e-7, err_msg=k)
-    np.testing.assert_allclose(cached["losses"], plain["losses"], rtol=1e-5)
+    # The losses are bitwise equal. The params are not (the encoder compiled apart from the
+    # step rounds differently in the last bit); measured <= 2e-6 absolute after 3 steps, the
+    # worst in the attention k_proj biases, whose true gradient is 0 (softmax ignores a key
+    # bias) so Adam scales rounding noise up; 5e-6 is 5 % of one AdamW step (lr 1e-4).
+    np.testing.assert_array_equal(cached["losses"], plain["losses"])
+    for k in keys:
+        np.testing.assert_allclose(cached[k], plain[k], rtol=0, atol=5e-6, err_msg=k)
 
 
 def test_a_changed_sam_checkpoint_dtype_or_build_is_another_key(tmp_path, filled):
