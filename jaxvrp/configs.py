@@ -85,6 +85,14 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.data.num_workers = 0
     c.data.procedural_config = "default"
     c.data.embedding_cache = ""  # directory caching evaluation targets' SAM embeddings
+    # Precomputed frozen SAM embeddings (`jaxvrp.precompute`, docs/training.md): a directory
+    # the train and eval steps read the query embeddings from instead of running the encoder
+    # ("" = run the encoder in the step, as before); `precompute` runs the pass at the start
+    # of training / evaluation (finished entries are skipped); `feature_dtype` is how they
+    # are stored: "float32", or "bfloat16" (exact) when model.sam_dtype is "bfloat16".
+    c.data.feature_cache = ""
+    c.data.precompute = False
+    c.data.feature_dtype = "float32"
     # Seed of the episode sampler; -1 = `seed` (as before this key existed). Separate from
     # `seed` so that vmapped members of different seeds can share one data order
     # (docs/sweeps.md). A sentinel, not a FieldReference to `seed`: setting a

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
-from jaxvrp import loop, metrics, paths, trainer
+from jaxvrp import loop, metrics, paths, precompute, trainer
 from jaxvrp.data import datasets, hsnet
 from jaxvrp.learners import frozen_sam, protocol
 
@@ -70,6 +70,8 @@ def evaluate(
     loop.check_batch_size(config.batch_size)
     if frozen is None:
         frozen = frozen_lib.load(config, spec)
+    # precomputed query embeddings (config.data.feature_cache), added to each host batch
+    features = precompute.reader(config, learner, lconfig, 1, frozen=frozen)
     frozen = jax.device_put({k: frozen[k] for k in spec.keys}, replicated)
     if params is None:
         params = learner.init(jax.random.key(config.seed), lconfig)
@@ -85,7 +87,7 @@ def evaluate(
         out_shardings=batch_sharding,
     )
     meter = metrics.SegmentationMeter()
-    use_cache = config.data.embedding_cache and spec.sam is not None
+    use_cache = config.data.embedding_cache and spec.sam is not None and features is None
     cache = EmbeddingCache(config, spec.sam) if use_cache else None
     local = config.batch_size // jax.process_count()
     episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
@@ -97,7 +99,9 @@ def evaluate(
         n = -(-mine // local)
         episodes = tqdm(episodes, total=n, desc=f"eval {name}", unit="batch", file=sys.stderr)
     for batch in episodes:
-        if cache is not None:
+        if features is not None:
+            batch = features(batch)
+        elif cache is not None:
             batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
         inputs = loop.global_batch(trainer.model_inputs(batch, learner, lconfig), batch_sharding)
         logits = predict(params, frozen, inputs, rng)
@@ -138,11 +142,11 @@ def evaluate(
 
 
 class EmbeddingCache:
-    """SAM image embeddings of evaluation targets, one .npy per record, in
-    `config.data.embedding_cache/<dataset>_<split>_<sam variant>_<image size>/` (local or
-    remote, e.g. `gs://...`). Several hosts (or runs) may fill the same directory at once:
-    each entry is written to a per-process temporary name and renamed into place, so no
-    reader sees half an entry and no two writers share a temporary file.
+    """SAM image embeddings of evaluation targets, computed on first use and kept in the
+    keyed store of `jaxvrp.precompute` under `config.data.embedding_cache`: one .npy per
+    record in a directory keyed by the SAM (config and checkpoint sha256), the image size,
+    the storage dtype and the dataset build, so a changed SAM, dtype or build never reads
+    stale embeddings.
 
     The evaluation episodes are fixed, so their targets' embeddings (the frozen SAM's ~98 %
     of the compute) can be computed once and reused by every later evaluation of the same
@@ -151,20 +155,20 @@ class EmbeddingCache:
 
     def __init__(self, config, sam) -> None:
         dataset, split, _ = datasets.plan(config)[1]
-        name = f"{dataset}_{split}_{config.model.sam}_{config.data.image_size}"
-        self.dir = paths.as_path(config.data.embedding_cache) / name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        root = config.data.embedding_cache
+        self.store = precompute.sam_store(config, sam, dataset, split, root=root)
+        self.dir = self.store.dir
         self._embed = jax.jit(lambda p, x: frozen_sam.image_embeddings(p, x, sam))
 
     def lookup(self, batch: dict, sam_params) -> np.ndarray:
         """(B, h, w, C) embeddings of the batch's targets, computing the missing ones."""
-        files = [self.dir / f"{int(r)}.npy" for r in batch["query_record"]]
-        missing = [i for i, p in enumerate(files) if not p.exists()]
+        records = [int(r) for r in batch["query_record"]]
+        missing = [i for i, r in enumerate(records) if not self.store.has(r)]
         if missing:
             new = np.asarray(self._embed(sam_params, batch["query_image"][missing]))
             for i, emb in zip(missing, new, strict=True):
-                paths.save_npy(files[i], emb)  # never a half-written entry
-        return np.stack([paths.load_npy(p) for p in files])
+                self.store.put(records[i], emb)  # temp name then rename: never half-written
+        return self.store.get_many(records)
 
 
 def write_results(workdir: paths.PathLike, results: dict[str, dict]) -> None:

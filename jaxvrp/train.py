@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxvrp import frozen as frozen_lib
-from jaxvrp import loop, paths, trainer
+from jaxvrp import loop, paths, precompute, trainer
 from jaxvrp.data import datasets
 from jaxvrp.loop import NonFiniteLoss, checkpoint_manager
 
@@ -62,7 +62,10 @@ def train(config, workdir: paths.PathLike) -> dict:
     mgr = checkpoint_manager(workdir, config)
     state, start = loop.restore_latest(mgr, state, iterator, workdir)
     state = jax.device_put(state, replicated)
-    frozen = jax.device_put(frozen_lib.load(config, learner.frozen(lconfig)), replicated)
+    frozen = frozen_lib.load(config, learner.frozen(lconfig))
+    # precomputed query embeddings (config.data.feature_cache), added to each host batch
+    features = precompute.reader(config, learner, lconfig, 0, frozen=frozen)
+    frozen = jax.device_put(frozen, replicated)
     step_fn = trainer.compile_train_step(
         lconfig, learner, optimizer, schedule, batch_sharding, replicated
     )
@@ -72,7 +75,10 @@ def train(config, workdir: paths.PathLike) -> dict:
     state, last = loop.run_steps(
         lambda st, b: step_fn(
             st,
-            loop.global_batch(trainer.model_inputs(b, learner, lconfig), batch_sharding),
+            loop.global_batch(
+                trainer.model_inputs(b if features is None else features(b), learner, lconfig),
+                batch_sharding,
+            ),
             rng,
             frozen,
         ),
