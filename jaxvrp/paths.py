@@ -40,6 +40,16 @@ def absolute(path: PathLike) -> epath.Path:
     return path.absolute() if is_local(path) else path
 
 
+def files_under(root: PathLike) -> list[epath.Path]:
+    """Every file below `root`, recursively, sorted (epath has no `rglob`: a recursive glob
+    on an object store would be one request per directory anyway)."""
+    out, todo = [], [as_path(root)]
+    while todo:
+        for p in todo.pop().iterdir():
+            (todo if p.is_dir() else out).append(p)
+    return sorted(out)
+
+
 def temp_sibling(path: PathLike, tag: str = "tmp") -> epath.Path:
     """A hidden sibling of `path` with a name unique to this process and call
     (`.NAME.TAG-HOST-PID-RANDOM`), in the same directory, so the rename stays on one

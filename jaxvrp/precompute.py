@@ -59,7 +59,7 @@ def sha256_of_checkpoint(directory) -> str:
     root = paths.as_path(directory)
     if not root.exists():
         raise FileNotFoundError(f"checkpoint {root} does not exist")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [root] if root.is_file() else paths.files_under(root)
     stats = [f.stat() for f in files]
     state = tuple((str(f), st.length, st.mtime) for f, st in zip(files, stats, strict=True))
     if state not in _SHA_CACHE:
@@ -96,13 +96,14 @@ def build_fingerprint(directory) -> str:
     """sha256 of a dataset build: the contents of its `dataset_info.json` files and the
     names and sizes of all its files (shards), relative to `directory`."""
     root = paths.as_path(directory)
-    infos = sorted(root.rglob("dataset_info.json"))
+    files = paths.files_under(root)
+    infos = [f for f in files if f.name == "dataset_info.json"]
     if not infos:
         raise FileNotFoundError(f"no dataset_info.json under {root}: not a finished TFDS build")
     h = hashlib.sha256()
     for info in infos:
         h.update(str(info.relative_to(root)).encode() + b"\0" + info.read_bytes())
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in files:
         h.update(f"{f.relative_to(root)}\0{f.stat().length}\0".encode())
     return h.hexdigest()
 
@@ -147,7 +148,10 @@ def sam_key(config, sam, dataset: str, split: str) -> dict:
 
 def _fingerprint(config, dataset: str, split: str) -> str:
     directory = build_dir(config, dataset)
-    if not any(directory.rglob("dataset_info.json")):
+    built = directory.exists() and any(
+        f.name == "dataset_info.json" for f in paths.files_under(directory)
+    )
+    if not built:
         from jaxvrp.data import datasets
 
         datasets.source(config, dataset, split)  # builds the procedural one, or says why not

@@ -197,7 +197,7 @@ def test_bfloat16_storage_is_exact_for_a_bf16_sam_and_refused_for_float32(tmp_pa
     store = precompute.sam_store(bf16_config, bf16, "procedural", "test")
     value = np.random.default_rng(0).normal(size=store.shape).astype(ml_dtypes.bfloat16)
     store.put(3, value.astype(np.float32))
-    assert store.path(3).stat().st_size == store.entry_bytes()  # 2 bytes a value
+    assert store.path(3).stat().length == store.entry_bytes()  # 2 bytes a value
     np.testing.assert_array_equal(store.get(3), value.astype(np.float32))
     with pytest.raises(ValueError, match="sam_dtype='bfloat16'"):
         precompute.sam_store(bf16_config, _sam(config), "procedural", "test")
