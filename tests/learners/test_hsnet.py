@@ -166,7 +166,7 @@ def test_runlocal_config_builds_the_learner():
     assert config == hsnet.make_config("resnet_test")
     full = module.get_config("dataset=coco20i")
     assert (full.batch_size, full.optimizer.lr, full.data.image_size) == (40, 1e-3, 400)
-    with pytest.raises(ValueError, match="unknown config arg"):
+    with pytest.raises(ValueError, match="only the SAM whose encoder is the backbone"):
         module.get_config("sam=vit_h")
 
 
