@@ -136,7 +136,7 @@ class EarlyStopping:
     `checkpoint_every` a multiple of `log_every`."""
 
     def __init__(self, config) -> None:
-        es = config.get("early_stopping")
+        es = getattr(config, "early_stopping", None)  # configs older than the key: off
         self.patience = int(es.patience) if es is not None else 0
         self.min_delta = float(es.min_delta) if es is not None else 0.0
         if self.patience < 0:
