@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import vrp_sam
-from jaxvrp import evaluate, loop, paths, train
+from jaxvrp import evaluate, loop, paths, train, trainer
 from jaxvrp.data import episodes
 from jaxvrp.learners import checkpoint
 from tests import fake_gcs, toy_learner
@@ -73,13 +73,17 @@ def test_gs_embedding_cache_and_dataset_dir(tmp_path, monkeypatch):
     config = vrp_sam.get_config("runlocal")
     with config.unlocked():
         config.data.embedding_cache = "gs://bucket/cache"
+        config.data.data_dir = str(tmp_path / "tfds")  # the build the store's key hashes
+    learner = trainer.learner_of(config)
+    sam = learner.frozen(learner.make_config(**config.model.to_dict())).sam
     with fake_gcs.mounted(tmp_path / "gcs") as root:
-        cache = evaluate.EmbeddingCache(config, sam=None)
+        cache = evaluate.EmbeddingCache(config, sam)
+        shape = cache.store.shape
         calls = []
 
         def embed(params, images):  # stands for the SAM encoder: record what it computes
             calls.append(len(images))
-            return images[..., :2] * 2.0
+            return np.ones((len(images), *shape), np.float32) * images[:, :1, :1, :1] * 2.0
 
         cache._embed = embed
         images = np.random.default_rng(0).normal(size=(3, 4, 4, 3)).astype(np.float32)
@@ -87,11 +91,12 @@ def test_gs_embedding_cache_and_dataset_dir(tmp_path, monkeypatch):
         batch = {"query_record": np.array([5, 9, 5]), "query_image": images}
         first = cache.lookup(batch, None)
         again = cache.lookup(batch, None)
-        np.testing.assert_array_equal(first, images[..., :2] * 2.0)
+        expected = np.ones((3, *shape), np.float32) * images[:, :1, :1, :1] * 2.0
+        np.testing.assert_array_equal(first, expected)
         np.testing.assert_array_equal(again, first)
         assert calls == [3]  # the second lookup read every entry from the bucket
         entries = sorted(p.name for p in (root / "bucket" / "cache").rglob("*") if p.is_file())
-        assert entries == ["5.npy", "9.npy"]  # no temporary file left
+        assert entries == ["5.npy", "9.npy", "key.json"]  # no temporary file left
         # a TFDS build directory on the bucket: built once its dataset_info.json exists
         assert not episodes.is_built("procedural", "gs://bucket/tfds")
         info = root / "bucket" / "tfds" / "procedural" / "1.0.0" / "dataset_info.json"
