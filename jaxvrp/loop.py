@@ -162,15 +162,19 @@ class EarlyStopping:
             self.stopped_at = step
         return self.stopped_at is not None
 
-    def replay(self, log_path) -> dict:
-        """Feed the windows logged in `log_path`; returns the last logged line ({} if none)."""
-        log_path, last = paths.as_path(log_path), {}
-        if not self.enabled or not log_path.exists():
+    def replay(self, log_path, upto: int) -> dict:
+        """Feed the windows logged in `log_path` up to step `upto` (the restored one: later
+        lines are a replay's, whether or not process 0 has cut them yet); returns the last
+        such line ({} if none)."""
+        last = {}
+        if not self.enabled:
             return last
-        for line in log_path.read_text().splitlines():
-            last = json.loads(line)
-            if "loss_window" in last:
-                self.update(last["loss_window"], last["step"])
+        for _, record in _logged(log_path):
+            if record["step"] > upto:
+                continue
+            last = record
+            if "loss_window" in record:
+                self.update(record["loss_window"], record["step"])
         return last
 
 
@@ -181,6 +185,12 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
     Returns (state, last logged metrics)."""
     workdir = paths.as_path(workdir)
     lead = jax.process_index() == 0
+    stopper = EarlyStopping(config)
+    # every host reads the log: one decision everywhere
+    replayed = stopper.replay(workdir / "metrics.jsonl", upto=start)
+    if stopper.stopped_at is not None:
+        logging.info("early stopping already stopped this run at step %d", stopper.stopped_at)
+        return state, replayed
     log = None
     if lead:
         truncate_log(workdir / "metrics.jsonl", start)
@@ -192,15 +202,6 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
         paths.register_tensorboard(workdir)
         # events of the steps after `start` (replayed now) are purged from the log
         tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
-    stopper = EarlyStopping(config)
-    replayed = stopper.replay(workdir / "metrics.jsonl")  # every host reads it: one decision
-    if stopper.stopped_at is not None:
-        logging.info("early stopping already stopped this run at step %d", stopper.stopped_at)
-        if log is not None:
-            log.close()
-        if tb is not None:
-            tb.close()
-        return state, replayed
     progress = _progress(start, end, enabled=lead)
     last: dict = {}
     t0, seen, window = time.perf_counter(), 0, []
@@ -218,9 +219,8 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
             seen += config.batch_size
             done = i + 1
             window.append(metrics["loss"])
-            stop = False
-            if stopper.enabled and done % config.log_every == 0:
-                stop = stopper.update(float(np.mean(window)), done)
+            window_end = stopper.enabled and done % config.log_every == 0
+            stop = window_end and stopper.update(float(np.mean(window)), done)
             mgr.save(
                 done,
                 args=ocp.args.Composite(
@@ -232,7 +232,7 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
             if done % config.log_every == 0 or done == end:
                 now = time.perf_counter()
                 last = {"step": done, **metrics, "examples_per_s": seen / (now - t0)}
-                if stopper.enabled and done % config.log_every == 0:
+                if window_end:
                     last["loss_window"] = float(np.mean(window))
                 t0, seen, window = now, 0, []
                 if lead:
@@ -270,16 +270,25 @@ def truncate_log(path: PathLike, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = []
-    for line in lines:
-        try:
-            logged = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):  # a line cut by a kill mid-write
-            continue
-        if logged <= step:
-            keep.append(line if line.endswith("\n") else line + "\n")
+    keep = [line for line, record in _logged(path, lines) if record["step"] <= step]
+    keep = [line if line.endswith("\n") else line + "\n" for line in keep]
     if keep != lines:
         paths.write_atomic(path, "".join(keep))
+
+
+def _logged(path: PathLike, lines: list[str] | None = None):
+    """(line, record) of each readable line of a `metrics.jsonl` (`lines`: its text already
+    read); a line cut by a kill mid-write is skipped."""
+    path = paths.as_path(path)
+    if lines is None:
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            record["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        yield line, record
 
 
 def _progress(start: int, end: int, enabled: bool):
