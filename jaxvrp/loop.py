@@ -182,7 +182,13 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
     """Steps `start` .. `end` of `state, metrics = step(state, next(iterator))`: checkpoints
     (state + iterator), `metrics.jsonl` every `config.log_every` steps (process 0; with
     TensorBoard events if `tensorboard`), a progress bar, a stop on a non-finite loss.
-    Returns (state, last logged metrics)."""
+    Returns (state, last logged metrics).
+
+    The metrics stay on the device between syncs: they are fetched (every pending step's at
+    once) only at a log step, before a checkpoint is written, and at the end, so the host
+    does not wait for each step to finish and the device runs ahead. Every fetched step is
+    checked, so a non-finite loss stops with its own step number and no checkpoint is ever
+    written of a state after one. The progress bar's loss is the last fetched one."""
     workdir = paths.as_path(workdir)
     lead = jax.process_index() == 0
     stopper = EarlyStopping(config)
@@ -205,20 +211,24 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
     progress = _progress(start, end, enabled=lead)
     last: dict = {}
     t0, seen, window = time.perf_counter(), 0, []
+    pending = []  # the device metrics of the steps since the last fetch
     try:
         for i in range(start, end):
             state, metrics = step(state, next(iterator))
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                what = "loss" if "loss" in bad else bad[0]  # e.g. ProSAM's sigma statistics
-                raise NonFiniteLoss(
-                    f"non-finite {what} ({metrics[what]}) at step {i + 1}: stopping. The last "
-                    f"good checkpoint is step {mgr.latest_step()} in {workdir / 'checkpoints'}."
-                )
+            pending.append(metrics)
             seen += config.batch_size
             done = i + 1
-            window.append(metrics["loss"])
+            log_now = done % config.log_every == 0 or done == end
+            if not (log_now or _should_save(mgr, done)):
+                progress.update(1)
+                continue
+            fetched = jax.device_get(pending)
+            pending = []
+            for j, m in enumerate(fetched):
+                m = {k: float(v) for k, v in m.items()}
+                _check_finite(m, done - len(fetched) + 1 + j, mgr, workdir)
+                window.append(m["loss"])
+            metrics = m
             window_end = stopper.enabled and done % config.log_every == 0
             stop = window_end and stopper.update(float(np.mean(window)), done)
             mgr.save(
@@ -229,7 +239,7 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
                 ),
                 force=done == end or stop,
             )
-            if done % config.log_every == 0 or done == end:
+            if log_now:
                 now = time.perf_counter()
                 last = {"step": done, **metrics, "examples_per_s": seen / (now - t0)}
                 if window_end:
@@ -261,6 +271,23 @@ def run_steps(step, state, iterator, mgr, workdir: PathLike, *, start, end, conf
             if tb is not None:
                 tb.close()
     return state, last
+
+
+def _should_save(mgr, step: int) -> bool:
+    """Whether `mgr.save(step)` would write (orbax's `should_save`; a manager without it is
+    asked at every step)."""
+    should = getattr(mgr, "should_save", None)
+    return True if should is None else bool(should(step))
+
+
+def _check_finite(metrics: dict, step: int, mgr, workdir) -> None:
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        what = "loss" if "loss" in bad else bad[0]  # e.g. ProSAM's sigma statistics
+        raise NonFiniteLoss(
+            f"non-finite {what} ({metrics[what]}) at step {step}: stopping. The last good "
+            f"checkpoint is step {mgr.latest_step()} in {paths.as_path(workdir) / 'checkpoints'}."
+        )
 
 
 def truncate_log(path: PathLike, step: int) -> None:

@@ -181,6 +181,73 @@ def test_a_non_finite_metric_stops_like_a_non_finite_loss(tmp_path):
     assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")] == [1]
 
 
+class _Saves:
+    """The part of orbax's CheckpointManager run_steps uses, saving every `every` steps."""
+
+    def __init__(self, every):
+        self.every, self.saved = every, []
+
+    def latest_step(self):
+        return self.saved[-1] if self.saved else None
+
+    def should_save(self, step):
+        return step % self.every == 0
+
+    def save(self, step, args=None, force=False):
+        if force or self.should_save(step):
+            self.saved.append(step)
+
+    def wait_until_finished(self):
+        pass
+
+
+def _count_fetches(monkeypatch):
+    from jaxvrp import loop
+
+    fetches = []
+    real = loop.jax.device_get
+    monkeypatch.setattr(loop.jax, "device_get", lambda x: fetches.append(len(x)) or real(x))
+    return fetches
+
+
+def test_metrics_leave_the_device_only_at_log_and_checkpoint_steps(tmp_path, monkeypatch):
+    from jaxvrp import loop
+
+    fetches = _count_fetches(monkeypatch)
+    config = type("C", (), {"batch_size": 1, "log_every": 4})()
+    mgr = _Saves(every=3)
+    step = lambda s, b: (s + 1, {"loss": jnp.float32(s)})
+    loop.run_steps(
+        step, 0, iter(range(99)), mgr, tmp_path, start=0, end=10, config=config, tensorboard=False
+    )
+    # fetched at 3 (checkpoint), 4 (log), 6 (checkpoint), 8 (log), 9 (checkpoint), 10 (end)
+    assert fetches == [3, 1, 2, 2, 1, 1] and mgr.saved == [3, 6, 9, 10]
+    logged = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [(x["step"], x["loss"]) for x in logged] == [(4, 3.0), (8, 7.0), (10, 9.0)]
+
+
+def test_a_non_finite_loss_between_syncs_names_its_step_and_is_never_saved(tmp_path, monkeypatch):
+    from jaxvrp import loop
+
+    fetches = _count_fetches(monkeypatch)
+    config = type("C", (), {"batch_size": 1, "log_every": 5})()
+    mgr = _Saves(every=2)
+    step = lambda s, b: (s + 1, {"loss": jnp.where(s == 2, jnp.nan, 1.0)})  # step 3's loss
+    with pytest.raises(train.NonFiniteLoss, match=r"\(nan\) at step 3.*checkpoint is step 2"):
+        loop.run_steps(
+            step,
+            0,
+            iter(range(99)),
+            mgr,
+            tmp_path,
+            start=0,
+            end=9,
+            config=config,
+            tensorboard=False,
+        )
+    assert fetches == [2, 2] and mgr.saved == [2]  # step 4's state (after the NaN) not saved
+
+
 def test_evaluate_a_trained_checkpoint(runs):
     from configs import vrp_sam
     from jaxvrp import evaluate
