@@ -16,36 +16,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvrp.image import normalize, resize_bilinear
 from jaxvrp.sam import model
 from jaxvrp.sam.config import SamConfig
-from jaxvrp.sam.transforms import ResizeLongestSide, postprocess_masks, preprocess
+from jaxvrp.sam.transforms import ResizeLongestSide
 
 MASK_THRESHOLD = 0.0
 
 
+# One compiled encoder and one compiled decoder per SAM variant (and prompt shape), whatever
+# the image size: the resized image is padded on the host to the model's S x S input and its
+# size is a traced argument; only `_to_original` (one resize) compiles per image size.
+
+
 @partial(jax.jit, static_argnames=("config",))
-def _embed(params, image, *, config: SamConfig):
-    return model.encode_image(params, preprocess(image[None], config), config=config)
+def _embed(params, padded, size, *, config: SamConfig):
+    """`padded` (S, S, 3): the resized image in its top-left corner; `size` (2,) int32 its
+    (h, w). Equals `encode_image(preprocess(image))` of the unpadded image: normalised, then
+    zero outside the image, as `preprocess` pads."""
+    s = config.image_size
+    inside = (jnp.arange(s)[:, None] < size[0]) & (jnp.arange(s)[None, :] < size[1])
+    x = normalize(padded[None], config.pixel_mean, config.pixel_std)
+    x = jnp.where(inside[None, :, :, None], x, 0.0)
+    return model.encode_image(params, x, config=config)
 
 
-@partial(
-    jax.jit,
-    static_argnames=("config", "multimask_output", "return_logits", "input_size", "original_size"),
-)
-def _predict(
-    params,
-    features,
-    points,
-    labels,
-    boxes,
-    masks,
-    *,
-    config,
-    multimask_output,
-    return_logits,
-    input_size,
-    original_size,
-):
+@partial(jax.jit, static_argnames=("config", "multimask_output"))
+def _decode(params, features, points, labels, boxes, masks, *, config, multimask_output):
+    """Low-res logits, IoU predictions, and the logits upsampled to the padded input."""
     low_res, iou = model.predict_masks(
         params,
         features,
@@ -56,10 +54,16 @@ def _predict(
         masks=masks,
         multimask_output=multimask_output,
     )
-    out = postprocess_masks(low_res, input_size, original_size, config.image_size)
-    if not return_logits:
-        out = out > MASK_THRESHOLD
-    return out, iou, low_res
+    s = config.image_size
+    return resize_bilinear(low_res, (s, s), channels_last=False), iou, low_res
+
+
+@partial(jax.jit, static_argnames=("input_size", "original_size", "return_logits"))
+def _to_original(upsampled, *, input_size, original_size, return_logits):
+    """The rest of `postprocess_masks`: crop the padding away, bilinear to the original size."""
+    x = upsampled[..., : input_size[0], : input_size[1]]
+    out = resize_bilinear(x, tuple(original_size), channels_last=False)
+    return out if return_logits else out > MASK_THRESHOLD
 
 
 class Predictor:
@@ -100,7 +104,14 @@ class Predictor:
         self.reset_image()
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
         self.input_size = (int(input_image.shape[0]), int(input_image.shape[1]))
-        self.features = _embed(self.params, jnp.asarray(input_image), config=self.config)
+        s = self.config.image_size
+        h, w = self.input_size
+        if h > s or w > s:  # ResizeLongestSide keeps the longest side at s
+            raise ValueError(f"image of size {h}x{w} is larger than the model input {s}x{s}")
+        padded = np.zeros((s, s, 3), np.float32)
+        padded[:h, :w] = input_image
+        size = np.array([h, w], np.int32)
+        self.features = _embed(self.params, padded, size, config=self.config)
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -189,7 +200,7 @@ class Predictor:
         sizes = {a.shape[0] for a in (pts, bxs, msk) if a is not None}
         if len(sizes) != 1:
             raise ValueError(f"prompt batches differ in size: {sorted(sizes)}")
-        out = _predict(
+        upsampled, iou, low_res = _decode(
             self.params,
             self.features,
             pts,
@@ -198,11 +209,14 @@ class Predictor:
             msk,
             config=self.config,
             multimask_output=bool(multimask_output),
-            return_logits=bool(return_logits),
+        )
+        masks = _to_original(
+            upsampled,
             input_size=self.input_size,
             original_size=self.original_size,
+            return_logits=bool(return_logits),
         )
-        return tuple(np.asarray(a) for a in out)
+        return np.asarray(masks), np.asarray(iou), np.asarray(low_res)
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -125,6 +125,31 @@ def test_bgr_input_equals_rgb_input():
     np.testing.assert_array_equal(a.get_image_embedding(), b.get_image_embedding())
 
 
+def test_one_compile_of_encoder_and_decoder_for_every_image_size():
+    """Images of three sizes: the padded encoder and the decoder compile once; each
+    embedding equals the encoder on the unpadded, officially preprocessed image."""
+    import jax.numpy as jnp
+
+    from jaxvrp.sam import model, predictor
+    from jaxvrp.sam.transforms import preprocess
+
+    _, params, config = official_and_params("test_small_image")
+    p = Predictor(params, config)
+    embeds, decodes = predictor._embed._cache_size(), predictor._decode._cache_size()
+    for seed, (h, w) in enumerate([(100, 150), (90, 61), (256, 256)]):
+        image = _image(seed, h, w)
+        p.set_image(image)
+        masks, _, _ = p.predict(point_coords=np.array([[5.0, 7.0]]), point_labels=np.array([1]))
+        assert masks.shape == (3, h, w)
+        resized = p.transform.apply_image(image)
+        direct = model.encode_image(
+            params, preprocess(jnp.asarray(resized, jnp.float32)[None], config), config=config
+        )
+        assert rel_l2(p.features, direct) <= 1e-6
+    assert predictor._embed._cache_size() - embeds <= 1
+    assert predictor._decode._cache_size() - decodes <= 1
+
+
 def test_bad_input_gives_clear_errors():
     _, params, config = official_and_params("test_small_image")
     p = Predictor(params, config)
