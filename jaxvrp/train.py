@@ -8,7 +8,8 @@ events under `workdir/tensorboard` (process 0 only), and shows a progress bar wi
 the end, `workdir/learner` holds the trained learner as a `jaxvrp.learners.checkpoint`
 (what `jaxvrp segment --learner` reads).
 `--compile_only` compiles the train step for the current devices and prints its memory
-(no data, no parameters allocated): check a config fits before launching it.
+(no data, no parameters allocated): check a config fits before launching it; with
+`data.feature_cache` set it compiles the step that reads precomputed query embeddings.
 """
 
 import json
@@ -123,10 +124,12 @@ def export_learner(
 
 def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS` and the
-    episode numbers the step's rngs are keyed by)."""
+    episode numbers the step's rngs are keyed by), with the precomputed `query_embedding`
+    (float32 (B, h, w, C), what `precompute.QueryEmbeddings` adds) when the config trains on
+    a feature store (`config.data.feature_cache`) and the learner prompts a SAM."""
     b, k, s = config.batch_size, config.data.shots, config.data.image_size
     f32 = np.float32
-    return {
+    spec = {
         "query_image": jax.ShapeDtypeStruct((b, s, s, 3), f32),
         "support_images": jax.ShapeDtypeStruct((b, k, s, s, 3), f32),
         "support_annotations": jax.ShapeDtypeStruct((b, k, s, s), f32),
@@ -134,6 +137,13 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
         "query_ignore": jax.ShapeDtypeStruct((b, s, s), np.bool_),
         "episode": jax.ShapeDtypeStruct((b,), np.uint32),
     }
+    if config.data.get("feature_cache", ""):
+        learner = trainer.learner_of(config)
+        sam = learner.frozen(learner.make_config(**config.model.to_dict())).sam
+        if sam is not None:
+            shape = precompute.embedding_shape(sam)
+            spec["query_embedding"] = jax.ShapeDtypeStruct((b, *shape), f32)
+    return spec
 
 
 def compile_only(config) -> dict:
@@ -154,7 +164,8 @@ def compile_only(config) -> dict:
         lconfig, learner, optimizer, schedule, batch_sharding, replicated
     )
     t = time.perf_counter()
-    compiled = step_fn.lower(state, batch_spec(config), jax.random.key(0), frozen).compile()
+    spec = batch_spec(config)
+    compiled = step_fn.lower(state, spec, jax.random.key(0), frozen).compile()
     mem = compiled.memory_analysis()
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
     report = {
@@ -163,6 +174,7 @@ def compile_only(config) -> dict:
         "compile_seconds": time.perf_counter() - t,
         "learner_params": count(state.params),
         "frozen_params": count(frozen),
+        "precomputed_query_embedding": "query_embedding" in spec,
     }
     for field in (
         "argument_size_in_bytes",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -280,6 +281,23 @@ def test_compile_only_reports_memory_without_allocating():
         vrp.param_shapes(train.trainer.learner_config(config))
     )
     assert report["temp_size_gib"] > 0 and report["argument_size_gib"] > 0
+    assert not report["precomputed_query_embedding"]
+
+    # on precomputed features: the step that reads the query embedding from the batch
+    config.data.feature_cache = "/nonexistent/features"  # compile only: never opened
+    cached = train.compile_only(config)
+    assert cached["precomputed_query_embedding"]
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp import sam as sam_lib
+
+    sam = sam_lib.config.get_config(config.model.sam)
+    embedding = config.batch_size * sam.embedding_size**2 * sam.prompt_embed_dim * 4 / 2**30
+    # per device: the batch's share of the embedding in, the SAM image encoder's replicated
+    # weights out (unused by that step, so not arguments of the compiled program)
+    shapes = frozen_lib.param_shapes(vrp.LEARNER.frozen(train.trainer.learner_config(config)))
+    encoder = sum(x.size * 4 for x in jax.tree.leaves(shapes["sam"]["image_encoder"])) / 2**30
+    extra = cached["argument_size_gib"] - report["argument_size_gib"]
+    assert extra == pytest.approx(embedding / jax.device_count() - encoder, rel=1e-4)
 
 
 def test_evaluation_embedding_cache_gives_the_same_results(runs, tmp_path):
