@@ -241,13 +241,20 @@ def reference_features(
     annotation: jax.Array,
     config: VRPConfig,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Frozen-backbone side of VRP-SAM for one shot.
+    """Frozen-backbone side of VRP-SAM, shots folded into the batch.
 
-    query (B, H, W, 3), support (B, H, W, 3), annotation (B, H, W) ->
-    (query mid-level, support mid-level, support mask, pseudo-mask), all (B, h, w, *).
+    query (B, H, W, 3), support (B * K, H, W, 3), annotation (B * K, H, W) ->
+    (query mid-level, support mid-level, support mask, pseudo-mask), all (B * K, h, w, *):
+    row b * K + k pairs query b with its shot k. Each query goes through the backbone once
+    (its features are then repeated for its K shots), not once per shot.
     """
     bb = partial(backbones.apply, backbone_params, config=config.backbone)
+    k = support.shape[0] // query.shape[0]
+    if k * query.shape[0] != support.shape[0]:
+        raise ValueError(f"{support.shape[0]} shots for {query.shape[0]} queries")
     qf = bb(backbone_input(query, config))
+    if k > 1:
+        qf = {name: jnp.repeat(v, k, axis=0) for name, v in qf.items()}
     sf = bb(backbone_input(support, config), stop="layer3")
     mask = downsample_annotation(annotation, sf["layer3"].shape[1:3], config.annotation_downsample)
     # a ViT continues from its class/register tokens, which are not masked
@@ -266,7 +273,7 @@ def shot_features(frozen: Params, batch: dict, config: VRPConfig) -> tuple[jax.A
     b, k = support.shape[:2]
     return reference_features(
         frozen["backbone"],
-        jnp.repeat(batch["query_image"], k, axis=0),
+        batch["query_image"],
         support.reshape(b * k, *support.shape[2:]),
         batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
         config,

@@ -95,6 +95,12 @@ def test_k_shot_concatenates_the_prompt_sets_of_each_shot(setup):
         sl = slice(shot * config.num_queries, (shot + 1) * config.num_queries)
         np.testing.assert_allclose(prompts[:, sl], p1, rtol=1e-5, atol=1e-5)
     assert vrp.apply(params, frozen, batch, config=config).shape == (2, 64, 64)
+    # each query through the backbone once, not once per shot: the stem convolutions over
+    # 3-channel images see the 2 queries and the 6 references, and nothing else
+    from jaxvrp import stacked
+
+    jaxpr = jax.make_jaxpr(lambda f, b: vrp.shot_features(f, b, config))(frozen, batch)
+    assert sorted(s[0] for s in stacked._image_convs(jaxpr.jaxpr)) == [2, 6]
 
 
 def test_gradients_reach_every_learner_param_and_no_frozen_param(setup):
