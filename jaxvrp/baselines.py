@@ -57,11 +57,12 @@ def make_gp_sam_config(
     return GPSAMConfig(vrp.make_config(backbone, sam, **vrp_options), mode, num_points, threshold)
 
 
-def pseudo_mask(frozen, batch, config: vrp.VRPConfig) -> jax.Array:
-    """Min-max normalised pseudo-mask of each target, max over its K shots: (B, h, w)."""
+def pseudo_mask(frozen, batch, config: vrp.VRPConfig, feats=None) -> jax.Array:
+    """Min-max normalised pseudo-mask of each target, max over its K shots: (B, h, w);
+    `feats`: `vrp.shot_features` already computed."""
     b, k = batch["support_images"].shape[:2]
-    *_, pm = vrp.shot_features(frozen, batch, config)  # (B * K, h, w, 1)
-    pm = pm[..., 0].reshape(b, k, *pm.shape[1:3])
+    *_, pm = vrp.shot_features(frozen, batch, config) if feats is None else feats
+    pm = pm[..., 0].reshape(b, k, *pm.shape[1:3])  # (B * K, h, w, 1) -> (B, K, h, w)
     return frozen_sam.minmax(pm, (2, 3)).max(axis=1)
 
 
@@ -83,9 +84,11 @@ def gp_sam_prompts(pm: jax.Array, rng: jax.Array, *, num_points: int, threshold:
     return points, tight_boxes(region)[0] * jnp.array([sx, sy, sx, sy])
 
 
-def sam_logits(sam_params, batch, sam: sam_config.SamConfig, **prompts) -> jax.Array:
-    """SAM's single-output logits (B, H, W) for geometric prompts in SAM input pixels."""
-    emb = frozen_sam.query_embeddings({"sam": sam_params}, batch, sam)
+def sam_logits(sam_params, batch, sam: sam_config.SamConfig, emb=None, **prompts) -> jax.Array:
+    """SAM's single-output logits (B, H, W) for geometric prompts in SAM input pixels
+    (`emb`: the query embedding already computed)."""
+    if emb is None:
+        emb = frozen_sam.query_embeddings({"sam": sam_params}, batch, sam)
     low, _ = sam_model.predict_masks(sam_params, emb, config=sam, multimask_output=False, **prompts)
     return frozen_sam.to_query_size(low[:, 0], batch)
 
@@ -96,7 +99,8 @@ def gp_sam(params, frozen, batch, *, config: GPSAMConfig, rng=None, train=False)
     del params, train
     rng = jax.random.key(0) if rng is None else rng
     v = config.vrp
-    pm = pseudo_mask(frozen, batch, v)
+    feats, emb = vrp.frozen_features(frozen, batch, v)  # one query pass on a SAM backbone
+    pm = pseudo_mask(frozen, batch, v, feats)
     points, boxes = gp_sam_prompts(
         pm, rng, num_points=config.num_points, threshold=config.threshold, scale=v.sam.image_size
     )
@@ -107,7 +111,7 @@ def gp_sam(params, frozen, batch, *, config: GPSAMConfig, rng=None, train=False)
         prompts["point_labels"] = jnp.ones((b, config.num_points), jnp.int32)
     if config.mode != "points":
         prompts["boxes"] = boxes
-    return sam_logits(frozen["sam"], batch, v.sam, **prompts)
+    return sam_logits(frozen["sam"], batch, v.sam, emb, **prompts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,9 +140,10 @@ def encode_distribution(
     config: ProSAMConfig,
     train: bool,
     rng: jax.Array | None,
+    feats: tuple[jax.Array, ...] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(mu, sigma), each (B, K_shots * Q, C)."""
-    feats = vrp.shot_features(frozen, batch, config.vrp)
+    """(mu, sigma), each (B, K_shots * Q, C); `feats`: `vrp.shot_features` already computed."""
+    feats = vrp.shot_features(frozen, batch, config.vrp) if feats is None else feats
     rng = protocol.shot_keys(rng, batch["support_images"].shape[1])  # per-example: per shot
     mu, sigma = ProSAMEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
     b = batch["support_images"].shape[0]
@@ -166,8 +167,10 @@ def loss_fn(
     single-sample sample -> decode -> loss; the SAM image embedding is computed once.
     Metrics: bce, dice, and sigma's mean / min / max over the batch's prompts."""
     r_drop, r_sample = protocol.split_keys(rng)
-    mu, sigma = encode_distribution(params, frozen, batch, config=config, train=train, rng=r_drop)
-    emb = vrp.query_embeddings(frozen, batch, config.vrp)
+    feats, emb = vrp.frozen_features(frozen, batch, config.vrp)
+    mu, sigma = encode_distribution(
+        params, frozen, batch, config=config, train=train, rng=r_drop, feats=feats
+    )
     out_size = batch["query_image"].shape[1:3]
 
     def one_sample(key):
@@ -200,8 +203,10 @@ def apply(
     probability > 0.5) and return +1 / -1.
     """
     r_drop, r_sample = protocol.split_keys(rng) if rng is not None else (None, None)
-    mu, sigma = encode_distribution(params, frozen, batch, config=config, train=train, rng=r_drop)
-    emb = vrp.query_embeddings(frozen, batch, config.vrp)
+    feats, emb = vrp.frozen_features(frozen, batch, config.vrp)
+    mu, sigma = encode_distribution(
+        params, frozen, batch, config=config, train=train, rng=r_drop, feats=feats
+    )
     out_size = batch["query_image"].shape[1:3]
     decode = lambda z: vrp.decode_with_prompts(frozen["sam"], emb, z, out_size, config.vrp)
     if config.inference == "mean":

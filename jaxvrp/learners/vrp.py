@@ -240,19 +240,21 @@ def reference_features(
     support: jax.Array,
     annotation: jax.Array,
     config: VRPConfig,
+    query_features: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Frozen-backbone side of VRP-SAM, shots folded into the batch.
 
     query (B, H, W, 3), support (B * K, H, W, 3), annotation (B * K, H, W) ->
     (query mid-level, support mid-level, support mask, pseudo-mask), all (B * K, h, w, *):
     row b * K + k pairs query b with its shot k. Each query goes through the backbone once
-    (its features are then repeated for its K shots), not once per shot.
+    (its features are then repeated for its K shots), not once per shot;
+    `query_features`: the query's backbone stages already computed (`frozen_features`).
     """
     bb = partial(backbones.apply, backbone_params, config=config.backbone)
     k = support.shape[0] // query.shape[0]
     if k * query.shape[0] != support.shape[0]:
         raise ValueError(f"{support.shape[0]} shots for {query.shape[0]} queries")
-    qf = bb(backbone_input(query, config))
+    qf = bb(backbone_input(query, config)) if query_features is None else query_features
     if k > 1:
         qf = {name: jnp.repeat(v, k, axis=0) for name, v in qf.items()}
     sf = bb(backbone_input(support, config), stop="layer3")
@@ -266,7 +268,9 @@ def reference_features(
     return tuple(jax.lax.stop_gradient(x) for x in (mid_q, mid_s, mask, pm))
 
 
-def shot_features(frozen: Params, batch: dict, config: VRPConfig) -> tuple[jax.Array, ...]:
+def shot_features(
+    frozen: Params, batch: dict, config: VRPConfig, query_features=None
+) -> tuple[jax.Array, ...]:
     """`reference_features` for every (query, shot) pair, shots folded into the batch:
     each of the K shots pairs the same query with its own reference, (B * K, h, w, *)."""
     support = batch["support_images"]
@@ -277,7 +281,37 @@ def shot_features(frozen: Params, batch: dict, config: VRPConfig) -> tuple[jax.A
         support.reshape(b * k, *support.shape[2:]),
         batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
         config,
+        query_features,
     )
+
+
+def shares_sam_encoder(config: VRPConfig) -> bool:
+    """Whether the backbone is the prompted SAM's own encoder ("sam_<variant>" of the same
+    architecture and compute dtype: `jaxvrp.frozen` gives it the SAM's encoder weights), so
+    that one encoder pass on the query gives both its backbone stages and its embedding."""
+    bb = config.backbone
+    return (
+        isinstance(bb, SamViTConfig)
+        and bb.sam_config.architecture() == config.sam.architecture()
+        and bb.sam_config.dtype == config.sam.dtype
+    )
+
+
+def frozen_features(frozen: Params, batch: dict, config: VRPConfig):
+    """(`shot_features`, the query's SAM embedding (B, h, w, C)): the frozen side of a step.
+
+    The batch's precomputed `query_embedding` when present. Otherwise, with a backbone that
+    is the SAM's own encoder (`shares_sam_encoder`), the query's embedding is SAM's neck on
+    its backbone "layer4" (the last block's output): one encoder pass on the query instead
+    of two (the same blocks on the same resized image; the backbone's blocks use the "xla"
+    attention whatever `config.sam.attention`)."""
+    if "query_embedding" in batch or not shares_sam_encoder(config):
+        return shot_features(frozen, batch, config), query_embeddings(frozen, batch, config)
+    bb = backbones.apply(
+        frozen["backbone"], backbone_input(batch["query_image"], config), config=config.backbone
+    )
+    emb = sam_model.encode_neck(frozen["sam"], bb["layer4"], config=config.sam)
+    return shot_features(frozen, batch, config, bb), jax.lax.stop_gradient(emb)
 
 
 def encode_prompts(
@@ -288,11 +322,13 @@ def encode_prompts(
     config: VRPConfig,
     train: bool,
     rng: jax.Array | None,
+    feats: tuple[jax.Array, ...] | None = None,
 ) -> jax.Array:
     """The prompt embeddings for the batch: (B, K * num_queries, C); the K shots' prompt
     sets are concatenated along the token axis (official `predict_mask_nshot`). `rng`: one
-    key, or (B,) per-example keys (each shot then draws from `fold_in(key, shot)`)."""
-    feats = shot_features(frozen, batch, config)
+    key, or (B,) per-example keys (each shot then draws from `fold_in(key, shot)`);
+    `feats`: `shot_features` already computed."""
+    feats = shot_features(frozen, batch, config) if feats is None else feats
     rng = protocol.shot_keys(rng, batch["support_images"].shape[1])
     prompts = VRPEncoder(config).apply({"params": params}, *feats, train=train, rng=rng)
     return prompts.reshape(batch["support_images"].shape[0], -1, prompts.shape[-1])
@@ -337,8 +373,10 @@ def apply(
     train: bool = False,
 ) -> jax.Array:
     """Target-image logits (B, H, W) at the query image's size."""
-    prompts = encode_prompts(params, frozen, batch, config=config, train=train, rng=rng)
-    emb = query_embeddings(frozen, batch, config)
+    feats, emb = frozen_features(frozen, batch, config)
+    prompts = encode_prompts(
+        params, frozen, batch, config=config, train=train, rng=rng, feats=feats
+    )
     return decode_with_prompts(frozen["sam"], emb, prompts, batch["query_image"].shape[1:3], config)
 
 

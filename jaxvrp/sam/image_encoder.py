@@ -358,14 +358,29 @@ class ImageEncoderViT(nn.Module):
         for i in range(0 if self.scan_blocks else self.depth):
             window = 0 if i in self.global_attn_indexes else self.window_size
             x = Block(**block, window_size=window, name=f"blocks_{i}")(x)
-        x = nn.Conv(self.out_chans, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
-        x = layer_norm_2d(self.dtype, "neck_1")(x)
-        x = nn.Conv(
-            self.out_chans,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            dtype=self.dtype,
-            name="neck_2",
-        )(x)
-        return layer_norm_2d(self.dtype, "neck_3")(x)
+        return neck(x, self.out_chans, self.dtype)
+
+
+NECK = ("neck_0", "neck_1", "neck_2", "neck_3")
+
+
+def neck(x: jax.Array, out_chans: int, dtype: Dtype) -> jax.Array:
+    """The official `neck` (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) on the last
+    block's output; called inside a compact method, its layers are that module's `NECK`."""
+    x = nn.Conv(out_chans, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
+    x = layer_norm_2d(dtype, "neck_1")(x)
+    x = nn.Conv(
+        out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype, name="neck_2"
+    )(x)
+    return layer_norm_2d(dtype, "neck_3")(x)
+
+
+class Neck(nn.Module):
+    """The encoder's neck alone, under the encoder's parameter names (`model.encode_neck`)."""
+
+    out_chans: int = 256
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return neck(x, self.out_chans, self.dtype)

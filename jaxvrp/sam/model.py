@@ -23,7 +23,14 @@ import jax.numpy as jnp
 
 from jaxvrp import params_io
 from jaxvrp.sam.config import SamConfig
-from jaxvrp.sam.image_encoder import ImageEncoderViT, block_period, stack_blocks, unstack_blocks
+from jaxvrp.sam.image_encoder import (
+    NECK,
+    ImageEncoderViT,
+    Neck,
+    block_period,
+    stack_blocks,
+    unstack_blocks,
+)
 from jaxvrp.sam.mask_decoder import MaskDecoder
 from jaxvrp.sam.prompt_encoder import PromptEncoder
 
@@ -157,6 +164,15 @@ def encode_image(params: Params, images: jax.Array, *, config: SamConfig) -> jax
     """
     params = match_block_layout(params, config)
     return Sam(config).apply({"params": params}, images, method=Sam.encode_image)
+
+
+def encode_neck(params: Params, blocks_out: jax.Array, *, config: SamConfig) -> jax.Array:
+    """The image embedding (float32) from the encoder's last block output (B, S/16, S/16, D)
+    -- the end of `encode_image` (e.g. after the blocks ran as a "sam_<variant>" backbone)."""
+    encoder = params["image_encoder"]
+    module = Neck(config.prompt_embed_dim, jnp.dtype(config.dtype))
+    out = module.apply({"params": {k: encoder[k] for k in NECK}}, blocks_out)
+    return out.astype(jnp.float32)
 
 
 def encode_prompts(

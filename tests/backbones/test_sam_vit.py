@@ -60,3 +60,32 @@ def test_the_learner_takes_the_sam_weights_and_resizes_its_input(encoder):
         frozen.sam_backbone_params(params, other)
     x = np.zeros((1, 64, 64, 3), np.float32)
     assert vrp.backbone_input(x, config).shape == (1, 128, 128, 3)
+
+
+def test_one_encoder_pass_gives_the_query_stages_and_its_embedding(encoder):
+    """VRP-SAM on its SAM's own encoder: the query's embedding is SAM's neck on the
+    backbone's last stage, equal to the separate encoder pass; the query is encoded once."""
+    from jaxvrp import stacked
+
+    _, params, _, _ = encoder
+    config = vrp.make_config("sam_tiny_128", "tiny_128", num_queries=4)
+    assert vrp.shares_sam_encoder(config)
+    assert not vrp.shares_sam_encoder(vrp.make_config("resnet_test", "tiny_128"))
+    f = {"sam": params, "backbone": frozen.sam_backbone_params(params, config)}
+    r = np.random.default_rng(5)
+    batch = {
+        "query_image": r.normal(size=(2, 96, 96, 3)).astype(np.float32),  # resized to 128
+        "support_images": r.normal(size=(2, 2, 96, 96, 3)).astype(np.float32),
+        "support_annotations": (r.random((2, 2, 96, 96)) > 0.5).astype(np.float32),
+    }
+    feats, emb = jax.jit(lambda f, b: vrp.frozen_features(f, b, config))(f, batch)
+    separate = vrp.query_embeddings(f, batch, config)
+    assert emb.shape == separate.shape == (2, 16, 16, 64)
+    np.testing.assert_allclose(emb, separate, rtol=1e-5, atol=1e-5)
+    for a, b in zip(feats, vrp.shot_features(f, batch, config), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    jaxpr = jax.make_jaxpr(lambda f, b: vrp.frozen_features(f, b, config))(f, batch).jaxpr
+    assert sorted(s[0] for s in stacked._image_convs(jaxpr)) == [2, 4]  # 2 queries, 4 shots
+    # a precomputed embedding is used as it is
+    _, given = vrp.frozen_features(f, {**batch, "query_embedding": separate + 1}, config)
+    np.testing.assert_array_equal(given, separate + 1)
