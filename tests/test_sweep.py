@@ -286,8 +286,10 @@ def _member_distance(arrays):
     return float(np.sqrt(num / sum(np.sum(np.float64(b[k]) ** 2) for k in b)))
 
 
-# "map" mode: each member's operations are those of its separate run, so the params match
-# to the bound, per leaf (measured: bitwise).
+# "map" mode: each member runs its separate run's operations, compiled apart; the params
+# match to the 1e-6 relative L2 over all params (measured 5e-8, 7e-8 on 1 device).
+# Not per leaf: leaves whose true gradient is zero (attention key biases, to which softmax
+# is invariant) are rounding noise that Adam scales to ~lr in every run (docs/sweeps.md).
 PARAMS_RTOL = 1e-6
 
 
@@ -297,8 +299,8 @@ def test_members_equal_separate_runs(trained, devices, run):
     assert _member_distance(arrays) > 1e-3  # the members differ: seeds and rates are not ignored
     errors = _errors(arrays, f"{devices}dev/{run}", f"{devices}dev/separate")
     print(f"member max leaf rel L2, rel L2, max loss rel diff ({devices} devices):", errors)
-    for leaf, _, losses in errors:
-        assert leaf <= PARAMS_RTOL and losses <= 1e-6
+    for _, whole, losses in errors:
+        assert whole <= PARAMS_RTOL and losses <= 1e-6
 
 
 def test_vmap_mode_is_close_to_separate_runs(trained):
@@ -396,12 +398,10 @@ def test_members_sharded_over_devices_equal_the_unsharded_stack():
         for i in range(len(members)):
             errors = _leaf_errors(flat(got, i), flat(ref, i))
             print(mode, i, "max leaf rel L2", max(errors.values()))
-            if mode == "map":  # the same operations for each member: equal
-                assert max(errors.values()) <= PARAMS_RTOL
-            else:  # 1 member per shard against 4 batched: float32 sums in another order
-                g, r = flat(got, i), flat(ref, i)
-                num = sum(np.sum((np.float64(g[k]) - r[k]) ** 2) for k in r)
-                assert np.sqrt(num / sum(np.sum(np.float64(r[k]) ** 2) for k in r)) <= 1e-4
+            g, r = flat(got, i), flat(ref, i)
+            num = sum(np.sum((np.float64(g[k]) - r[k]) ** 2) for k in r)
+            whole = np.sqrt(num / sum(np.sum(np.float64(r[k]) ** 2) for k in r))
+            assert whole <= (PARAMS_RTOL if mode == "map" else 1e-4), (mode, i, whole)
 
 
 def test_vmapped_point_writes_results_and_member_learners(trained):
