@@ -1,15 +1,17 @@
 """Wall time of S vmapped members (`jaxvrp.stacked`) against S separate runs of the same steps.
 
-    python benchmarks/sweep_vmap.py --members 1 3 8 --steps 10 --repeats 3
+    python benchmarks/sweep_vmap.py --members 1 3 8 --steps 10 --repeats 3 --modes map vmap
 
 The demo's VRP-SAM (`configs/demo.py` via `jaxvrp.demo.method_configs`: the embedded SAM
 `tiny_128`, its encoder `sam_tiny_128` as the backbone, 128 px, batch 8, 50 queries), on
 every local device. A separate run's step is `jaxvrp.trainer.compile_train_step` (what
 `jaxvrp.train` runs); S separate runs of N steps cost S x N of its steps. The stacked step
-trains S members (seeds 0..S-1, learning rates 1e-3 .. 2e-3) in one call. Both read the same
-prefetched batch (the data pipeline is the same for both and not timed: each separate run
-would read its own). Also times the frozen forward alone (SAM image encoder on the queries,
-the backbone and pseudo-mask on query and references): the part the members share.
+trains S members (seeds 0..S-1, learning rates 1e-3 .. 2e-3) in one call, in each
+`stack.mode` of `--modes` ("map": each member as its separate run, "vmap": batched). Both
+read the same prefetched batch (the data pipeline is the same for both and not timed:
+each separate run would read its own). Also times the frozen forward alone (SAM image
+encoder on the queries, the backbone and pseudo-mask on query and references): the part the
+members share.
 Prints JSON: seconds per step (median over repeats of N steps) and the ratios.
 """
 
@@ -41,6 +43,7 @@ def main() -> None:
     p.add_argument("--members", type=int, nargs="+", default=[1, 3, 8])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=["map", "vmap"], choices=["map", "vmap"])
     p.add_argument("--data-dir", default="")
     args = p.parse_args()
 
@@ -97,9 +100,11 @@ def main() -> None:
 
     report["single_step_s"] = _time(one_step, args.steps, args.repeats)
     rows = []
-    for s in args.members:
+    for s, mode in [(s, mode) for s in args.members for mode in args.modes]:
         members = [{"seed": i, "optimizer.lr": 1e-3 * (1 + i / max(s - 1, 1))} for i in range(s)]
-        step = jax.jit(stacked.make_step(config, learner, members, total), donate_argnums=(0,))
+        step = jax.jit(
+            stacked.make_step(config, learner, members, total, mode=mode), donate_argnums=(0,)
+        )
         rngs, hp = stacked.step_rngs(config, members), stacked.hparams_of(config, members)
         st = {"s": stacked.init_state(config, learner, members, total)}
         t = time.perf_counter()
@@ -116,6 +121,7 @@ def main() -> None:
         rows.append(
             {
                 "members": s,
+                "mode": mode,
                 "stacked_step_s": sec,
                 "separate_steps_s": separate,
                 "ratio": sec / separate,

@@ -114,6 +114,10 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.steps_per_epoch = 1000  # episodes per epoch / batch; set to your training list's size
     c.total_steps = c.get_ref("epochs") * c.get_ref("steps_per_epoch")
     c.stop_after = 0  # stop this process after N steps (pre-emption tests); 0 = to the end
+    # vmapped sweep members (jaxvrp.stacked, docs/sweeps.md): "map" runs each member's
+    # operations as its separate run does (equal to it); "vmap" batches the members
+    c.stack = ml_collections.ConfigDict()
+    c.stack.mode = "map"
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3

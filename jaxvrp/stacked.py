@@ -6,12 +6,14 @@ state in one jitted step ("members", `docs/sweeps.md`).
     params_of_member_3 = stacked.member_params(state.params, 3)
 
 Learners are pure functions of (params, frozen, batch, rng), so the step is
-`jax.vmap(trainer.train_step)` over the members' train states, rngs and hyper-parameters
-with the batch and the frozen tree unmapped (`in_axes=None`). What depends only on unmapped
-inputs -- the frozen SAM's image encoder and the frozen backbone on the batch's images -- is
-not batched by `vmap`: it runs once per step for all members (`frozen_forward_is_shared`
-checks it on the jaxpr). The learner's forward, loss, gradient and AdamW update run per
-member.
+`trainer.train_step` of every member's train state, rng and hyper-parameters on one shared
+batch and frozen tree (`map_members`): what depends only on the batch and the frozen tree --
+the frozen SAM's image encoder and the frozen backbone on the batch's images -- runs once
+per step for all members (`frozen_forward_is_shared` checks it on the jaxpr); the learner's
+forward, loss, gradient and AdamW update run per member, one after another
+(`config.stack.mode = "map"`, equal to the separate runs) or batched by `jax.vmap`
+("vmap"). More devices than the batch can use shard the members (`jax.shard_map` over a
+"members" mesh axis). `evaluate` evaluates the whole stack in one compiled call per batch.
 
 Member `i` is the separate run of `member_configs(config, members)[i]`: its params start from
 `learner.init(key(seed))` and its steps use `key(seed + 1)` folded with the step, as
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.extend.core as jc
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -77,6 +80,7 @@ _WHY_NOT = {
     "model.inference": "selects another inference code path",
     "model.dropout": "read by Python control flow in the learner (`if dropout > 0`)",
     "data.seed": "members share one data stream: the base config's data seed",
+    "stack.mode": "sets how the whole stack runs (one program for all members)",
 }
 
 
@@ -214,16 +218,97 @@ def _hp_optimizer(hp: dict) -> dict:
     return {k: hp[k] for k in trainer.HPARAMS}
 
 
-def make_step(config, learner, members_, total: int):
+MODES = ("map", "vmap")
+
+
+def _split_shared(closed, shared: list[bool]):
+    """Unzip a jaxpr by data dependence: `(shared_jaxpr, member_jaxpr)`.
+
+    `shared[i]` marks the jaxpr's inputs that every member shares (the batch, the frozen
+    tree). Each top-level equation whose inputs are all shared (or constants) goes to
+    `shared_jaxpr` -- the frozen forward: SAM's image encoder, the backbone, every
+    nested call on shared values only --, the others to `member_jaxpr`. `shared_jaxpr`
+    takes the shared inputs and returns the residuals (the shared values the member part
+    reads); `member_jaxpr` takes the residuals then the member inputs and returns the
+    jaxpr's outputs. Equations with effects stay in the member part. The equations are
+    the same objects, so each member runs exactly the single run's operations."""
+    j = closed.jaxpr
+    known = set(j.constvars) | {v for v, s in zip(j.invars, shared, strict=True) if s}
+    first, second = [], []
+    for e in j.eqns:
+        if not e.effects and all(isinstance(v, jc.Literal) or v in known for v in e.invars):
+            first.append(e)
+            known.update(v for v in e.outvars if not isinstance(v, jc.DropVar))
+        else:
+            second.append(e)
+    used = [v for e in second for v in e.invars] + list(j.outvars)
+    residuals = list(dict.fromkeys(v for v in used if not isinstance(v, jc.Literal) and v in known))
+    member_in = [v for v, s in zip(j.invars, shared, strict=True) if not s]
+    shared_in = [v for v, s in zip(j.invars, shared, strict=True) if s]
+    shared_jaxpr = jc.Jaxpr(j.constvars, shared_in, residuals, first, jc.no_effects)
+    member_jaxpr = jc.Jaxpr([], [*residuals, *member_in], j.outvars, second, j.effects)
+    return shared_jaxpr, member_jaxpr
+
+
+def map_members(fn, per_member, shared, *, mode: str = "map"):
+    """`fn(member_i, shared)` for every member: `per_member` a pytree whose leaves have a
+    leading members axis (S, ...), `shared` one pytree for all; outputs stacked (S, ...).
+
+    What depends only on `shared` (the frozen forward on the batch) runs once, outside
+    the members (`_split_shared`); the rest runs per member:
+    - "map": the members one after another, unrolled, each member's operations exactly
+      those of a single run of `fn` (the same shapes, the same arithmetic; params within
+      1e-7 relative L2 of separate runs after 3 steps, measured);
+    - "vmap": `vmap` over the members, the members batched into each operation (bigger
+      matmuls, better for accelerators; float32 sums in another order, `docs/sweeps.md`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"stack mode {mode!r}: one of {MODES}")
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), per_member)
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(one, shared)
+    m_flat = jax.tree.leaves(per_member)
+    s_flat = jax.tree.leaves(shared)
+    shared_jaxpr, member_jaxpr = _split_shared(closed, [False] * len(m_flat) + [True] * len(s_flat))
+    residuals = jax.core.eval_jaxpr(shared_jaxpr, closed.consts, *s_flat)
+
+    def member(res, leaves):
+        return jax.core.eval_jaxpr(member_jaxpr, [], *res, *leaves)
+
+    if mode == "vmap":
+        outs = jax.vmap(lambda leaves: member(residuals, leaves))(m_flat)
+    else:
+        # Each member compiles as straight-line code of its own, as a single run's step.
+        # Measured on CPU: inside a while loop (`lax.map`) XLA emits the 1x1 convolutions'
+        # filter gradient differently (1.3e-8 relative after one step), and two members
+        # unrolled side by side no longer match their runs either (XLA optimises across
+        # them); Adam amplifies such differences. An optimization barrier between
+        # consecutive members (member i reads the shared values and its own inputs through
+        # it, after member i - 1's outputs) keeps each member's operations apart. (Still
+        # not bitwise after 3 steps, ~1e-7 relative: the remaining difference is not found.)
+        per, prev, res = [], (), residuals
+        for i in range(jax.tree.leaves(m_flat)[0].shape[0]):
+            res, leaves, _ = jax.lax.optimization_barrier((res, [x[i] for x in m_flat], prev))
+            prev = member(res, leaves)
+            per.append(prev)
+        outs = [jnp.stack(xs) for xs in zip(*per, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+
+def make_step(config, learner, members_, total: int, *, mode: str = "map", mesh=None):
     """`step(state, batch, rngs, hparams, frozen) -> (state, metrics)`: `trainer.train_step`
-    vmapped over the members (state, rng, hyper-parameters) with batch and frozen shared.
+    of every member (state, rng, hyper-parameters) with batch and frozen shared, the shared
+    frozen forward once (`map_members`, `mode` "map" or "vmap"). With a `mesh` whose
+    "members" axis is larger than 1, a `shard_map` over that axis: each device group runs
+    its own members (the "data" axis stays partitioned by the compiler).
     Metrics: each member's as `NAME/i` and `loss` = the mean of the members' losses (non-finite
     when any is)."""
     model = config.model.to_dict()
     mkeys = _model_keys(config, members_)
     base_lconfig = learner.make_config(**model)
 
-    def member(state, batch, rng, frozen, hp):
+    def member(per, shared):
+        state, rng, hp = per
+        batch, frozen = shared
         lconfig = base_lconfig
         if mkeys:  # traced model values in the member's learner config
             lconfig = learner.make_config(**{**model, **{k: hp[f"model.{k}"] for k in mkeys}})
@@ -240,10 +325,14 @@ def make_step(config, learner, members_, total: int):
             schedule=schedule,
         )
 
+    def members_step(state, batch, rngs, hparams, frozen):
+        return map_members(member, (state, rngs, hparams), (batch, frozen), mode=mode)
+
+    if mesh is not None and mesh.shape["members"] > 1:
+        members_step = _shard_members(members_step, mesh)
+
     def step(state, batch, rngs, hparams, frozen):
-        new, m = jax.vmap(member, in_axes=(0, None, 0, None, 0))(
-            state, batch, rngs, frozen, hparams
-        )
+        new, m = members_step(state, batch, rngs, hparams, frozen)
         flat = {"loss": jnp.mean(m["loss"])}
         for k, v in m.items():
             for i in range(v.shape[0]):
@@ -251,6 +340,25 @@ def make_step(config, learner, members_, total: int):
         return new, flat
 
     return step
+
+
+def _shard_members(fn, mesh):
+    """`fn(per_member..., batch, frozen)` (per-member arguments first, then the batch and
+    the frozen tree) as a `shard_map` manual over "members" only: each member shard runs
+    `fn` on its own members, the batch and frozen tree whole on it (the "data" axis left
+    to the compiler). The partitioner never sees the members axis, which it cannot split
+    through the vmapped 1x1 convolutions' feature groups on CPU."""
+    members = PartitionSpec("members")
+    return jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(members, PartitionSpec(), members, members, PartitionSpec()),
+        out_specs=members,
+        axis_names={"members"},
+        # the member part replays recorded primitives (`map_members`), which skips the
+        # implicit `pvary` of members-invariant values that tracing jnp code inserts
+        check_vma=False,
+    )
 
 
 def init_state(config, learner, members_, total: int) -> loop.TrainState:
@@ -329,6 +437,15 @@ def _image_convs(jaxpr) -> list[tuple[int, ...]]:
     return found
 
 
+def stack_mode(config) -> str:
+    """`config.stack.mode` ("map" when the config has no `stack` block)."""
+    stack = config.get("stack")
+    mode = str(stack.get("mode", "map")) if stack is not None else "map"
+    if mode not in MODES:
+        raise ValueError(f"stack.mode {mode!r}: one of {MODES}")
+    return mode
+
+
 def train(config, members_: list[dict], workdir: str | Path, *, member_shards: int = 0):
     """Train the members of `config` together to `config.total_steps` (or `stop_after` steps
     of this call) in `workdir`: checkpoints hold the stacked state and the data iterator (a
@@ -356,7 +473,7 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     by_member = NamedSharding(mesh, PartitionSpec("members"))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    logging.info("%d members on a (members %d, data %d) mesh", s, m, d)
+    logging.info("%d members (%s) on a (members %d, data %d) mesh", s, stack_mode(config), m, d)
 
     data = datasets.train_episodes(
         config, jax.process_index(), jax.process_count(), config.batch_size // jax.process_count()
@@ -371,7 +488,7 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     rngs = jax.device_put(step_rngs(config, members_), by_member)
     hparams = jax.device_put(hparams_of(config, members_), by_member)
     step_fn = jax.jit(
-        make_step(config, learner, members_, total),
+        make_step(config, learner, members_, total, mode=stack_mode(config), mesh=mesh),
         in_shardings=(by_member, batch_sharding, by_member, by_member, replicated),
         out_shardings=(by_member, replicated),
         donate_argnums=(0,),
@@ -410,3 +527,105 @@ def _check_members_file(workdir: Path, members_: list[dict]) -> None:
             )
     elif jax.process_index() == 0:
         path.write_text(json.dumps(members_, indent=1) + "\n")
+
+
+def evaluate(
+    config, members_: list[dict], params, *, names: list[str], frozen=None, mode: str = "map"
+) -> dict[str, dict]:
+    """Every member's metrics on the config's evaluation episodes in one compiled call per
+    batch: `learner.apply` of the stacked `params` (leaves (S, ...)) with the frozen forward
+    shared (`map_members`). Member i's result (keyed `names[i]`) is what
+    `jaxvrp.evaluate.evaluate(member_configs(config, members_)[i], params_i)` gives (the
+    same episodes, the same rng `key(0)`; compared in `tests/test_sweep.py`).
+    Data-parallel over every device, like `jaxvrp.evaluate`."""
+    from jaxvrp import evaluate as evaluate_lib
+    from jaxvrp import metrics
+    from jaxvrp.data import datasets
+
+    if len(names) != len(members_):
+        raise ValueError(f"{len(names)} names for {len(members_)} members")
+    learner = trainer.learner_of(config)
+    model = config.model.to_dict()
+    mkeys = _model_keys(config, members_)
+    lconfig = learner.make_config(**model)
+    spec = learner.frozen(lconfig)
+    if frozen is None:
+        frozen_lib.check(config, spec)
+        frozen = frozen_lib.load(config, spec)
+    _, batch_sharding, replicated = loop.mesh_and_shardings()
+    loop.check_batch_size(config.batch_size)
+    frozen = jax.device_put({k: frozen[k] for k in spec.keys}, replicated)
+    params = jax.device_put(params, replicated)
+    hparams = jax.device_put(hparams_of(config, members_), replicated)
+
+    def member(per, shared):
+        p, hp = per
+        f, batch, rng = shared
+        c = lconfig
+        if mkeys:
+            c = learner.make_config(**{**model, **{k: hp[f"model.{k}"] for k in mkeys}})
+        return learner.apply(p, f, batch, config=c, rng=rng)
+
+    out_sharding = NamedSharding(batch_sharding.mesh, PartitionSpec(None, "data"))
+    predict = jax.jit(
+        lambda p, h, f, b, r: map_members(member, (p, h), (f, b, r), mode=mode),
+        in_shardings=(replicated, replicated, replicated, batch_sharding, replicated),
+        out_shardings=out_sharding,
+    )
+    meters = [metrics.SegmentationMeter() for _ in members_]
+    use_cache = config.data.embedding_cache and spec.sam is not None
+    cache = evaluate_lib.EmbeddingCache(config, spec.sam) if use_cache else None
+    local = config.batch_size // jax.process_count()
+    episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
+    rng = jax.random.key(0)  # as `jaxvrp.evaluate.evaluate`'s default rng_seed
+    for batch in episodes:
+        if cache is not None:
+            batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
+        inputs = loop.global_batch(trainer.model_inputs(batch, learner, lconfig), batch_sharding)
+        logits = predict(params, hparams, frozen, inputs, rng)  # (S, B, H, W)
+        local_logits = _local_rows(logits)  # this host's episodes: (S, B_local, H, W)
+        for i, meter in enumerate(meters):
+            meter.update(
+                local_logits[i] > 0,
+                batch["query_mask"] > 0,
+                batch["class_id"],
+                ignore=batch["query_ignore"],
+                valid=batch["valid"],
+            )
+    results = {}
+    for name, meter in zip(names, meters, strict=True):
+        if jax.process_count() > 1:  # every host saw its own episodes: add up the counts
+            meter = _all_hosts(config, meter)
+        results[name] = meter.result()
+        logging.info(
+            "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
+            name,
+            100 * results[name]["miou"],
+            100 * results[name]["fb_iou"],
+            results[name]["episodes"],
+        )
+    return results
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This host's part of an (S, B, ...) array sharded along B ("data"), in batch order."""
+    shards = {}
+    for s in x.addressable_shards:
+        shards.setdefault(s.index[1].start or 0, s)
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=1)
+
+
+def _all_hosts(config, meter):
+    """A meter of one host's episodes -> the meter of every host's (as `jaxvrp.evaluate`)."""
+    from jax.experimental import multihost_utils
+
+    from jaxvrp import metrics
+    from jaxvrp.data import datasets
+
+    classes = sorted(datasets.plan(config)[1][2])
+    local_counts = np.stack([meter.counts.get(c, np.zeros(4, np.int64)) for c in classes])
+    total = np.asarray(multihost_utils.process_allgather(local_counts)).sum(axis=0)
+    episodes = int(np.sum(multihost_utils.process_allgather(np.int64(meter.episodes))))
+    return metrics.SegmentationMeter(
+        {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes
+    )

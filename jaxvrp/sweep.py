@@ -223,9 +223,17 @@ def run_point(point: Point, workdir: Path, members=None, *, member_shards: int =
         if int(jax.device_get(state.step)[0]) < int(config.total_steps):
             return None  # stopped early (stop_after): not finished
         frozen = jax.device_get(frozen)
-        for i, (name, c) in enumerate(zip(names, mconfigs, strict=True)):
+        # every member in one compiled call per batch, the frozen forward shared
+        results = stacked.evaluate(
+            config,
+            members,
+            jax.device_get(state.params),
+            names=names,
+            frozen=frozen,
+            mode=stacked.stack_mode(config),
+        )
+        for i, c in enumerate(mconfigs):
             params = stacked.member_params(state.params, i)
-            results[name] = evaluate.evaluate(c, params, name=name, frozen=frozen)
             if lead:
                 label_dir = _SAFE.sub("-", member_label(members[i], labels))
                 train.export_learner(out / "members" / label_dir / "learner", c, params, frozen)

@@ -7,7 +7,8 @@ On DEVICES simulated CPU devices, with `configs/CONFIG.py:runlocal` and the over
 each mode of the comma-separated MODES:
 - "separate": `jaxvrp.train.train` of each member's config (`stacked.member_configs`) in
   its own workdir (the reference);
-- "stacked": `jaxvrp.stacked.train` of the members;
+- "stacked": `jaxvrp.stacked.train` of the members (`stack.mode` of the config);
+- "stacked-vmap": the same with `stack.mode = "vmap"`;
 - "sweep": `jaxvrp.sweep.run_point` of the members: trained stacked, evaluated, exported.
 Saves every member's final params as `MODE/i/path` arrays and its logged losses as
 `MODE/i/losses`.
@@ -77,8 +78,12 @@ for mode in modes.split(","):
             flat = traverse_util.flatten_dict(restore(os.path.join(w, str(i))), sep="/")
             arrays.update({f"{mode}/{i}/{k}": np.asarray(v) for k, v in flat.items()})
             arrays[f"{mode}/{i}/losses"] = losses(os.path.join(w, str(i)), "loss")
-    elif mode == "stacked":
-        state, _, _ = stacked.train(config, members, w, member_shards=member_shards)
+    elif mode in ("stacked", "stacked-vmap"):
+        c = config
+        if mode == "stacked-vmap":
+            c = config.copy_and_resolve_references()
+            c.stack.mode = "vmap"
+        state, _, _ = stacked.train(c, members, w, member_shards=member_shards)
         save_stack(mode, state.params, w)
     elif mode == "sweep":
         assert sweep.run_point(sweep.Point(0, "p", {}, config), w, members)

@@ -213,17 +213,17 @@ def test_frozen_forward_runs_once_for_all_members():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """3 steps of batch 8, two members. 1 device: the separate runs, and the stacked sweep
-    point (trained, evaluated, exported). 8 devices: the stacked members on a 1 x 8
-    (members x data) mesh. (A 2 x 4 mesh fails on CPU: XLA's SPMD partitioner emits an
-    invalid grouped convolution for the members-sharded 1x1 convs; docs/sweeps.md.)"""
+    """3 steps of batch 8, two members. 1 device: the separate runs (`jaxvrp.train`), the
+    stacked sweep point ("map" mode: trained, evaluated, exported) and the stack in "vmap"
+    mode. 8 devices: the separate runs and the stacked members ("map") on a 1 x 8
+    (members x data) mesh."""
     tmp = tmp_path_factory.mktemp("sweep")
     common = [f"data.data_dir={tmp / 'tfds'}", "steps_per_epoch=3", "batch_size=8"]
     members = json.dumps(MEMBERS)
     jobs = []
     for modes, devices, extra in (
-        ("separate,sweep", 1, []),
-        ("stacked", 8, ["member_shards=1"]),
+        ("separate,sweep,stacked-vmap", 1, []),
+        ("separate,stacked", 8, ["member_shards=1"]),
     ):
         out = tmp / f"{devices}.npz"
         cmd = [sys.executable, RUNNER, modes, str(tmp / str(devices)), str(out), str(devices)]
@@ -242,56 +242,167 @@ def trained(tmp_path_factory):
     return tmp, {**one, **eight}
 
 
+def _leaf_errors(a: dict, b: dict) -> dict[str, float]:
+    """{leaf: ||a - b|| / ||b||} (L2 over the leaf, float64): the measure of "params within
+    1e-6 relative", per leaf so that a small leaf's error is not hidden by a large one."""
+    assert a.keys() == b.keys() and len(b) > 20
+    out = {}
+    for k in b:
+        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
+        out[k] = float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30))
+    return out
+
+
+def _member(arrays, run, i):
+    prefix = f"{run}/{i}/"
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def _errors(arrays, got, ref):
-    """Per member: (relative L2 of all its params, max relative loss difference)."""
+    """Per member: (max over leaves of the relative L2 error, relative L2 over all params,
+    max relative loss difference)."""
     out = []
     for i in range(len(MEMBERS)):
-        prefix = f"{ref}/{i}/"
-        keys = [k for k in arrays if k.startswith(prefix) and not k.endswith("/losses")]
-        assert len(keys) > 20
-        num = sum(
-            np.sum((arrays[k].astype(np.float64) - arrays[k.replace(ref, got, 1)]) ** 2)
-            for k in keys
-        )
-        den = sum(np.sum(arrays[k].astype(np.float64) ** 2) for k in keys)
-        lr, lg = arrays[prefix + "losses"], arrays[f"{got}/{i}/losses"]
+        g, r = _member(arrays, got, i), _member(arrays, ref, i)
+        lg, lr = g.pop("losses"), r.pop("losses")
         assert len(lr) == len(lg) == 3
-        out.append((float(np.sqrt(num / den)), float(np.max(np.abs(lg - lr) / np.abs(lr)))))
+        leaves = _leaf_errors(g, r)
+        num = sum(np.sum((np.float64(g[k]) - r[k]) ** 2) for k in r)
+        den = sum(np.sum(np.float64(r[k]) ** 2) for k in r)
+        out.append(
+            (
+                max(leaves.values()),
+                float(np.sqrt(num / den)),
+                float(np.max(np.abs(lg - lr) / np.abs(lr))),
+            )
+        )
     return out
 
 
 def _member_distance(arrays):
-    keys = [k for k in arrays if k.startswith("1dev/separate/0/") and not k.endswith("/losses")]
-    num = sum(np.sum((arrays[k] - arrays[k.replace("/0/", "/1/")]) ** 2) for k in keys)
-    return float(np.sqrt(num / sum(np.sum(arrays[k] ** 2) for k in keys)))
+    a, b = _member(arrays, "1dev/separate", 0), _member(arrays, "1dev/separate", 1)
+    del a["losses"], b["losses"]
+    num = sum(np.sum((np.float64(a[k]) - b[k]) ** 2) for k in b)
+    return float(np.sqrt(num / sum(np.sum(np.float64(b[k]) ** 2) for k in b)))
 
 
-# Float32 tolerance: the vmapped (batched) matmuls and convolutions of the learner's backward
-# sum in another order than the unbatched ones (gradients differ by ~4e-7 relative), and
-# Adam's normalised update turns that into up to ~lr on parameters whose true gradient is
-# zero or nearly (e.g. attention key biases, to which softmax is invariant).
-PARAMS_RTOL = 1e-4
+# "map" mode: each member runs its separate run's operations, compiled apart; the params
+# match to the issue's 1e-6 relative L2 over all params (measured: 5e-8, 7e-8 on 1 device;
+# bitwise on 8).
+# Not per leaf: leaves whose true gradient is zero (attention key biases, to which softmax
+# is invariant) are rounding noise that Adam scales to ~lr in every run (docs/sweeps.md).
+PARAMS_RTOL = 1e-6
 
 
-def test_members_equal_separate_runs_on_one_device(trained):
+@pytest.mark.parametrize("devices, run", [(1, "sweep"), (8, "stacked")])
+def test_members_equal_separate_runs(trained, devices, run):
     _, arrays = trained
-    distance = _member_distance(arrays)
-    assert distance > 1e-3  # the members differ: seeds and rates are not ignored
-    errors = _errors(arrays, "1dev/sweep", "1dev/separate")
-    print("member params rel L2, max loss rel diff (1 device):", errors)
-    for params, losses in errors:
-        assert losses <= 1e-6
-        assert params <= PARAMS_RTOL and params <= 1e-3 * distance
+    assert _member_distance(arrays) > 1e-3  # the members differ: seeds and rates are not ignored
+    errors = _errors(arrays, f"{devices}dev/{run}", f"{devices}dev/separate")
+    print(f"member max leaf rel L2, rel L2, max loss rel diff ({devices} devices):", errors)
+    for _, whole, losses in errors:
+        assert whole <= PARAMS_RTOL and losses <= 1e-6
 
 
-def test_members_equal_separate_runs_on_eight_devices(trained):
+def test_vmap_mode_is_close_to_separate_runs(trained):
+    """ "vmap" batches the members into each operation: float32 sums in another order
+    (~4e-7 relative in the gradients), which Adam's normalised update turns into up to ~lr
+    on params whose true gradient is zero (attention key biases: softmax is invariant to
+    them, so they are rounding noise in every run). Whole params stay close; the losses too."""
     _, arrays = trained
-    distance = _member_distance(arrays)
-    errors = _errors(arrays, "8dev/stacked", "1dev/separate")
-    print("member params rel L2, max loss rel diff (8 devices):", errors)
-    for params, losses in errors:
-        assert losses <= 1e-6
-        assert params <= PARAMS_RTOL and params <= 1e-3 * distance
+    errors = _errors(arrays, "1dev/stacked-vmap", "1dev/separate")
+    print("vmap mode: member max leaf rel L2, rel L2, max loss rel diff:", errors)
+    for _, whole, losses in errors:
+        assert whole <= 1e-4 and losses <= 1e-6
+
+
+def test_stack_evaluation_compiles_once_and_equals_each_member_alone(trained, monkeypatch):
+    from flax import traverse_util
+
+    from jaxvrp import evaluate
+
+    tmp, arrays = trained
+    c = _vrp()
+    c.data.data_dir, c.batch_size = str(tmp / "tfds"), 8
+    params = []
+    for i in range(len(MEMBERS)):
+        flat = _member(arrays, "1dev/sweep", i)
+        del flat["losses"]
+        params.append(traverse_util.unflatten_dict(flat, sep="/"))
+    traces = []
+    real = stacked.map_members
+    monkeypatch.setattr(stacked, "map_members", lambda *a, **k: traces.append(1) or real(*a, **k))
+    got = stacked.evaluate(c, MEMBERS, stacked._stack(params), names=["a", "b"])
+    assert traces == [1]  # one predict function for the whole stack
+    for name, mc, p in zip(("a", "b"), stacked.member_configs(c, MEMBERS), params, strict=True):
+        alone = evaluate.evaluate(mc, p)
+        assert got[name] == alone and alone["episodes"] == 8
+    assert got["a"] != got["b"]
+
+
+def _random_batch(c, seed):
+    from jaxvrp import train
+
+    r = np.random.RandomState(seed)
+    batch = {k: r.randn(*v.shape).astype(v.dtype) for k, v in train.batch_spec(c).items()}
+    for k in ("support_annotations", "query_mask"):
+        batch[k] = (batch[k] > 0).astype(np.float32)
+    batch["query_ignore"] = np.zeros_like(batch["query_ignore"], bool)
+    return batch
+
+
+def _train_stack(c, members, mesh, mode, steps=2):
+    """`steps` stacked steps on random batches over a (members, data) `mesh`."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp import loop
+
+    learner = trainer.learner_of(c)
+    total = int(c.total_steps)
+    by_member, data = NamedSharding(mesh, P("members")), NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    step = jax.jit(
+        stacked.make_step(c, learner, members, total, mode=mode, mesh=mesh),
+        in_shardings=(by_member, data, by_member, by_member, replicated),
+        out_shardings=(by_member, replicated),
+    )
+    put = lambda x: jax.device_put(x, by_member)
+    state = put(stacked.init_state(c, learner, members, total))
+    rngs, hp = put(stacked.step_rngs(c, members)), put(stacked.hparams_of(c, members))
+    frozen = frozen_lib.load(c, learner.frozen(trainer.learner_config(c)))
+    frozen = jax.device_put(frozen, replicated)
+    for i in range(steps):
+        batch = loop.global_batch(_random_batch(c, i), data)
+        state, _ = step(state, batch, rngs, hp, frozen)
+    return jax.device_get(state.params)
+
+
+def test_members_sharded_over_devices_equal_the_unsharded_stack():
+    """4 members on a 4 (members) x 2 (data) mesh of the 8 devices (a `shard_map` over
+    "members": one member per device pair, the batch of 2 split over the pair) against the
+    same stack unsharded on a 1 x 2 mesh, both modes."""
+    from flax import traverse_util
+    from jax.sharding import Mesh
+
+    c = _vrp()
+    c.batch_size = 2
+    members = [{"seed": s, "optimizer.lr": lr} for s in (0, 1) for lr in (1e-3, 2e-3)]
+    devices = np.array(jax.devices())
+    sharded_mesh = Mesh(devices.reshape(4, 2), ("members", "data"))
+    plain_mesh = Mesh(devices[:2].reshape(1, 2), ("members", "data"))
+    flat = lambda tree, i: traverse_util.flatten_dict(stacked.member_params(tree, i), sep="/")
+    for mode in ("map", "vmap"):
+        got = _train_stack(c, members, sharded_mesh, mode)
+        ref = _train_stack(c, members, plain_mesh, mode)
+        for i in range(len(members)):
+            errors = _leaf_errors(flat(got, i), flat(ref, i))
+            print(mode, i, "max leaf rel L2", max(errors.values()))
+            g, r = flat(got, i), flat(ref, i)
+            num = sum(np.sum((np.float64(g[k]) - r[k]) ** 2) for k in r)
+            whole = np.sqrt(num / sum(np.sum(np.float64(r[k]) ** 2) for k in r))
+            assert whole <= (PARAMS_RTOL if mode == "map" else 1e-4), (mode, i, whole)
 
 
 def test_vmapped_point_writes_results_and_member_learners(trained):
