@@ -17,6 +17,7 @@ from jaxvrp import train
 from jaxvrp.learners import registry, vrp
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
+SIX = ["epochs=1", "steps_per_epoch=6", "checkpoint_every=3"]  # the runs of `runs`
 
 
 def _run(tmp_path, name, devices, *overrides):
@@ -38,10 +39,9 @@ def _run(tmp_path, name, devices, *overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    six = ["epochs=1", "steps_per_epoch=6", "checkpoint_every=3"]
-    straight = _run(tmp, "straight", 1, *six)
-    _run(tmp, "resumed", 1, *six, "stop_after=3")  # the process exits after step 3
-    resumed = _run(tmp, "resumed", 1, *six)  # a new process continues in the same workdir
+    straight = _run(tmp, "straight", 1, *SIX)
+    _run(tmp, "resumed", 1, *SIX, "stop_after=3")  # the process exits after step 3
+    resumed = _run(tmp, "resumed", 1, *SIX)  # a new process continues in the same workdir
     three = ["epochs=1", "steps_per_epoch=3", "batch_size=8"]  # the same global batch
     one = _run(tmp, "one", 1, *three)
     eight = _run(tmp, "eight", 8, *three)
@@ -57,33 +57,32 @@ def test_resume_in_a_new_process_is_bitwise_identical(runs):
     np.testing.assert_array_equal(resumed["losses"], straight["losses"])  # 3 + 3 logged
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
-    """SIGKILL at step 6 (not a checkpoint step; checkpoints every 4), then a new process in
-    the same workdir: the same params as an uninterrupted run, bitwise, and each step logged
-    (metrics.jsonl) exactly once."""
-    common = [f"data.data_dir={tmp_path / 'tfds'}", "epochs=1", "steps_per_epoch=10"]
-    common.append("checkpoint_every=4")
-    straight = _run(tmp_path, "straight", 1, *common)
-    work = tmp_path / "killed"
-    env = dict(os.environ, TRAIN_RUNNER_HANG_AFTER="6")
-    cmd = [sys.executable, RUNNER, str(work), str(tmp_path / "k.npz"), "1", *common]
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(runs):
+    """SIGKILL at step 5 (not a checkpoint step; checkpoints every 3), then a new process in
+    the same workdir: the same params as the uninterrupted run of `runs`, bitwise, and each
+    step logged (metrics.jsonl) exactly once."""
+    tmp, straight, _, _ = runs
+    work = tmp / "killed"
+    env = dict(os.environ, TRAIN_RUNNER_HANG_AFTER="5")
+    cmd = [sys.executable, RUNNER, str(work), str(tmp / "k.npz"), "1"]
+    cmd += [f"data.data_dir={tmp / 'tfds'}", *SIX]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(1200):
             if (work / "HANGING").exists() or proc.poll() is not None:
                 break
             time.sleep(0.5)
-        assert (work / "HANGING").exists(), "the run never reached step 6"
+        assert (work / "HANGING").exists(), "the run never reached step 5"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         proc.kill()
     steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4, 5, 6]
-    assert train.checkpoint_manager(work, _ckpt_options()).latest_step() == 4
-    resumed = _run(tmp_path, "killed", 1, *common)
+    assert steps == [1, 2, 3, 4, 5]
+    assert train.checkpoint_manager(work, _ckpt_options()).latest_step() == 3
+    resumed = _run(tmp, "killed", 1, *SIX)
     steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
-    assert steps == list(range(1, 11))
+    assert steps == list(range(1, 7))
     for k in straight:
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
 
@@ -92,7 +91,7 @@ def _ckpt_options():
     from configs import vrp_sam
 
     config = vrp_sam.get_config("runlocal")
-    config.checkpoint_every = 4
+    config.checkpoint_every = 3
     return config
 
 

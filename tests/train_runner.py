@@ -12,7 +12,9 @@ import os
 import sys
 
 workdir, out, devices, *overrides = sys.argv[1:]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" + os.environ.get(
+    "JAXVRP_TEST_XLA_OPT_FLAGS", ""
+)  # the suite's optimisation level (tests/conftest.py)
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

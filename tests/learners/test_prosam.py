@@ -135,8 +135,10 @@ def test_loss_is_a_vmap_not_a_loop(setup):
 def test_gradients_reach_every_parameter(setup):
     config, params, frozen = setup
     batch = make_batch(seed=2)
-    grads = jax.grad(
-        lambda p: prosam.loss_fn(p, frozen, batch, config=config, rng=jax.random.key(0))[0]
+    grads = jax.jit(
+        jax.grad(
+            lambda p: prosam.loss_fn(p, frozen, batch, config=config, rng=jax.random.key(0))[0]
+        )
     )(params)
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)

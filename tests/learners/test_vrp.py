@@ -38,12 +38,13 @@ def test_other_backbones(backbone):
     from the class token) and an undilated torchvision ResNet (pseudo-mask at layer4's
     coarser grid, resized to layer3's) run end to end."""
     config = vrp.make_config(backbone, SAM)
-    params = vrp.init(jax.random.key(0), config)
+    # jitted: one compile each instead of op-by-op dispatch of the whole model
+    params = jax.jit(lambda k: vrp.init(k, config))(jax.random.key(0))
     frozen = {
         "sam": frozen_params()["sam"],
-        "backbone": backbones.init(jax.random.key(1), config.backbone),
+        "backbone": jax.jit(lambda k: backbones.init(k, config.backbone))(jax.random.key(1)),
     }
-    out = vrp.apply(params, frozen, make_batch(b=1, k=2), config=config)
+    out = jax.jit(partial(vrp.apply, config=config))(params, frozen, make_batch(b=1, k=2))
     assert out.shape == (1, 64, 64) and bool(jnp.isfinite(out).all())
 
 
@@ -64,8 +65,9 @@ def test_shapes_jit_and_determinism(setup):
     assert a.shape == (2, 64, 64) and a.dtype == jnp.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)  # dropout follows the rng
-    e1 = vrp.apply(params, frozen, batch, config=config)
-    e2 = vrp.apply(params, frozen, batch, config=config, rng=jax.random.key(9))
+    evaluate = jax.jit(partial(vrp.apply, config=config))
+    e1 = evaluate(params, frozen, batch)
+    e2 = evaluate(params, frozen, batch, rng=jax.random.key(9))
     np.testing.assert_array_equal(e1, e2)  # no randomness at evaluation
     with pytest.raises(ValueError, match="needs an rng"):
         vrp.apply(params, frozen, batch, config=config, train=True)
@@ -75,9 +77,10 @@ def test_vmap_over_batches(setup):
     config, params, frozen = setup
     b1, b2 = make_batch(seed=1), make_batch(seed=2)
     stacked = jax.tree.map(lambda x, y: np.stack([x, y]), b1, b2)
-    out = jax.vmap(lambda b: vrp.apply(params, frozen, b, config=config))(stacked)
-    np.testing.assert_allclose(out[0], vrp.apply(params, frozen, b1, config=config), atol=1e-4)
-    np.testing.assert_allclose(out[1], vrp.apply(params, frozen, b2, config=config), atol=1e-4)
+    apply = jax.jit(lambda b: vrp.apply(params, frozen, b, config=config))
+    out = jax.jit(jax.vmap(apply))(stacked)
+    np.testing.assert_allclose(out[0], apply(b1), atol=1e-4)
+    np.testing.assert_allclose(out[1], apply(b2), atol=1e-4)
 
 
 def test_k_shot_concatenates_the_prompt_sets_of_each_shot(setup):
@@ -107,13 +110,13 @@ def test_gradients_reach_every_learner_param_and_no_frozen_param(setup):
     config, params, frozen = setup
     batch = make_batch(seed=4)
     loss = lambda p, f: vrp.loss_fn(p, f, batch, config=config, rng=jax.random.key(0))[0]
-    grads = jax.grad(loss)(params, frozen)
+    # one pass for both: the learner's gradients and the frozen models'
+    grads, frozen_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, frozen)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
     # the frozen backbone and SAM image encoder sit behind stop_gradient: asking for their
     # gradients gives exact zeros, so nothing upstream of them is ever differentiated
-    frozen_grads = jax.grad(loss, argnums=1)(params, frozen)
     for tree in (frozen_grads["backbone"], frozen_grads["sam"]["image_encoder"]):
         assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(tree))
 
