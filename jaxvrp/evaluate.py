@@ -117,20 +117,7 @@ def evaluate(
             ignore=batch["query_ignore"],
             valid=batch["valid"],
         )
-    if jax.process_count() > 1:  # every host saw its own episodes: add up the counts
-        from jax.experimental import multihost_utils
-
-        classes = sorted(datasets.plan(config)[1][2])
-        local_counts = np.stack([meter.counts.get(c, np.zeros(4, np.int64)) for c in classes])
-        total = np.asarray(multihost_utils.process_allgather(local_counts)).sum(axis=0)
-        episodes_total = int(np.sum(multihost_utils.process_allgather(np.int64(meter.episodes))))
-        meter = metrics.SegmentationMeter(
-            {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes_total
-        )
-    result = meter.result()
-    result["protocol"] = datasets.protocol(config)
-    if result["protocol"] == hsnet.PROTOCOL:  # HSNet's AverageMeter: every class of the fold
-        result.update(metrics.hsnet_metrics(meter.counts, datasets.plan(config)[1][2]))
+    result = result_of(config, all_hosts(config, meter))
     logging.info(
         "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
         name,
@@ -138,6 +125,32 @@ def evaluate(
         100 * result["fb_iou"],
         result["episodes"],
     )
+    return result
+
+
+def all_hosts(config, meter: metrics.SegmentationMeter) -> metrics.SegmentationMeter:
+    """A meter of this host's episodes -> the meter of every host's (counts added up); the
+    meter itself on one host."""
+    if jax.process_count() == 1:
+        return meter
+    from jax.experimental import multihost_utils
+
+    classes = sorted(datasets.plan(config)[1][2])
+    local_counts = np.stack([meter.counts.get(c, np.zeros(4, np.int64)) for c in classes])
+    total = np.asarray(multihost_utils.process_allgather(local_counts)).sum(axis=0)
+    episodes = int(np.sum(multihost_utils.process_allgather(np.int64(meter.episodes))))
+    return metrics.SegmentationMeter(
+        {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes
+    )
+
+
+def result_of(config, meter: metrics.SegmentationMeter) -> dict:
+    """The results dict of a meter under the config's evaluation protocol: the meter's
+    metrics, `protocol`, and under HSNet's protocol its `AverageMeter` figures."""
+    result = meter.result()
+    result["protocol"] = datasets.protocol(config)
+    if result["protocol"] == hsnet.PROTOCOL:  # HSNet's AverageMeter: every class of the fold
+        result.update(metrics.hsnet_metrics(meter.counts, datasets.plan(config)[1][2]))
     return result
 
 

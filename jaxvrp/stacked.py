@@ -594,9 +594,8 @@ def evaluate(
             )
     results = {}
     for name, meter in zip(names, meters, strict=True):
-        if jax.process_count() > 1:  # every host saw its own episodes: add up the counts
-            meter = _all_hosts(config, meter)
-        results[name] = meter.result()
+        # every host's counts added up; protocol and HSNet's figures as `jaxvrp.evaluate`
+        results[name] = evaluate_lib.result_of(config, evaluate_lib.all_hosts(config, meter))
         logging.info(
             "%s: mIoU %.1f, FB-IoU %.1f over %d episodes",
             name,
@@ -613,19 +612,3 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     for s in x.addressable_shards:
         shards.setdefault(s.index[1].start or 0, s)
     return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=1)
-
-
-def _all_hosts(config, meter):
-    """A meter of one host's episodes -> the meter of every host's (as `jaxvrp.evaluate`)."""
-    from jax.experimental import multihost_utils
-
-    from jaxvrp import metrics
-    from jaxvrp.data import datasets
-
-    classes = sorted(datasets.plan(config)[1][2])
-    local_counts = np.stack([meter.counts.get(c, np.zeros(4, np.int64)) for c in classes])
-    total = np.asarray(multihost_utils.process_allgather(local_counts)).sum(axis=0)
-    episodes = int(np.sum(multihost_utils.process_allgather(np.int64(meter.episodes))))
-    return metrics.SegmentationMeter(
-        {c: total[i] for i, c in enumerate(classes) if total[i].any()}, episodes
-    )
