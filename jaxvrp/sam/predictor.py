@@ -16,10 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvrp.image import normalize, resize_bilinear
 from jaxvrp.sam import model
 from jaxvrp.sam.config import SamConfig
-from jaxvrp.sam.transforms import ResizeLongestSide
+from jaxvrp.sam.transforms import (
+    ResizeLongestSide,
+    crop_to_original,
+    preprocess_padded,
+    upsample_to_input,
+)
 
 MASK_THRESHOLD = 0.0
 
@@ -34,11 +38,7 @@ def _embed(params, padded, size, *, config: SamConfig):
     """`padded` (S, S, 3): the resized image in its top-left corner; `size` (2,) int32 its
     (h, w). Equals `encode_image(preprocess(image))` of the unpadded image: normalised, then
     zero outside the image, as `preprocess` pads."""
-    s = config.image_size
-    inside = (jnp.arange(s)[:, None] < size[0]) & (jnp.arange(s)[None, :] < size[1])
-    x = normalize(padded[None], config.pixel_mean, config.pixel_std)
-    x = jnp.where(inside[None, :, :, None], x, 0.0)
-    return model.encode_image(params, x, config=config)
+    return model.encode_image(params, preprocess_padded(padded[None], size, config), config=config)
 
 
 @partial(jax.jit, static_argnames=("config", "multimask_output"))
@@ -54,15 +54,13 @@ def _decode(params, features, points, labels, boxes, masks, *, config, multimask
         masks=masks,
         multimask_output=multimask_output,
     )
-    s = config.image_size
-    return resize_bilinear(low_res, (s, s), channels_last=False), iou, low_res
+    return upsample_to_input(low_res, config.image_size), iou, low_res
 
 
 @partial(jax.jit, static_argnames=("input_size", "original_size", "return_logits"))
 def _to_original(upsampled, *, input_size, original_size, return_logits):
     """The rest of `postprocess_masks`: crop the padding away, bilinear to the original size."""
-    x = upsampled[..., : input_size[0], : input_size[1]]
-    out = resize_bilinear(x, tuple(original_size), channels_last=False)
+    out = crop_to_original(upsampled, input_size, original_size)
     return out if return_logits else out > MASK_THRESHOLD
 
 

@@ -61,6 +61,31 @@ def preprocess(images: jax.Array, config: SamConfig) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, s - h), (0, s - w), (0, 0)))
 
 
+def preprocess_padded(padded: jax.Array, size: jax.Array, config: SamConfig) -> jax.Array:
+    """`preprocess` of images already zero-padded on the host to (B, S, S, 3), their resized
+    (h, w) traced in `size` (2,): normalised, then zero outside the image. Equal to
+    `preprocess` of the unpadded images, with one shape for every image size."""
+    s = config.image_size
+    inside = (jnp.arange(s)[:, None] < size[0]) & (jnp.arange(s)[None, :] < size[1])
+    x = normalize(padded, config.pixel_mean, config.pixel_std)
+    return jnp.where(inside[None, :, :, None], x, 0.0)
+
+
+def upsample_to_input(masks: jax.Array, image_size: int) -> jax.Array:
+    """Low-res logits (B, M, m, m) -> (B, M, S, S), bilinear (align_corners=False) to the
+    padded model input: the first half of `postprocess_masks`."""
+    return resize_bilinear(masks, (image_size, image_size), channels_last=False)
+
+
+def crop_to_original(
+    x: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> jax.Array:
+    """(B, M, S, S) -> (B, M, H, W): crop the padding away, bilinear to the original size (the
+    second half of `postprocess_masks`)."""
+    x = x[..., : input_size[0], : input_size[1]]
+    return resize_bilinear(x, tuple(original_size), channels_last=False)
+
+
 def postprocess_masks(
     masks: jax.Array,
     input_size: tuple[int, int],
@@ -72,6 +97,4 @@ def postprocess_masks(
     Bilinear (align_corners=False) up to the padded model input, crop the padding away, then
     bilinear to the original size, as officially.
     """
-    x = resize_bilinear(masks, (image_size, image_size), channels_last=False)
-    x = x[..., : input_size[0], : input_size[1]]
-    return resize_bilinear(x, tuple(original_size), channels_last=False)
+    return crop_to_original(upsample_to_input(masks, image_size), input_size, original_size)
