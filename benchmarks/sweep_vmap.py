@@ -22,20 +22,7 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
-
-
-def _time(fn, steps: int, repeats: int) -> float:
-    """Median over `repeats` of the seconds per call over `steps` calls (after a warm-up)."""
-    jax.block_until_ready(fn())
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        jax.block_until_ready(out)
-        runs.append((time.perf_counter() - t) / steps)
-    return float(np.median(runs))
+from _timing import seconds_per_call
 
 
 def main() -> None:
@@ -80,7 +67,9 @@ def main() -> None:
     shared = jax.jit(
         lambda f, b: (vrp.query_embeddings(f, b, lconfig), vrp.shot_features(f, b, lconfig))
     )
-    report["frozen_forward_s"] = _time(lambda: shared(frozen, batch), args.steps, args.repeats)
+    report["frozen_forward_s"] = seconds_per_call(
+        lambda: shared(frozen, batch), args.steps, args.repeats
+    )
 
     optimizer = trainer.make_optimizer(config, total)
     schedule = trainer.lr_schedule(config, total)
@@ -98,7 +87,7 @@ def main() -> None:
         state["s"], m = single(state["s"], batch, rng, frozen)
         return m["loss"]
 
-    report["single_step_s"] = _time(one_step, args.steps, args.repeats)
+    report["single_step_s"] = seconds_per_call(one_step, args.steps, args.repeats)
     rows = []
     for s, mode in [(s, mode) for s in args.members for mode in args.modes]:
         members = [{"seed": i, "optimizer.lr": 1e-3 * (1 + i / max(s - 1, 1))} for i in range(s)]
@@ -116,7 +105,7 @@ def main() -> None:
             st["s"], m = step(st["s"], batch, rngs, hp, frozen)
             return m["loss"]
 
-        sec = _time(stacked_step, args.steps, args.repeats)
+        sec = seconds_per_call(stacked_step, args.steps, args.repeats)
         separate = s * report["single_step_s"]
         rows.append(
             {

@@ -21,17 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
-
-def _time(fn, steps: int, repeats: int) -> float:
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        jax.block_until_ready(out)
-        runs.append((time.perf_counter() - t) / steps)
-    return float(np.median(runs))
+from _timing import seconds_per_call
 
 
 def main() -> None:
@@ -99,7 +89,7 @@ def main() -> None:
             state["s"], m = step(state["s"], batch, rng, frozen)
             return m["loss"]
 
-        report[f"{name}_step_s"] = _time(one, args.steps, args.repeats)
+        report[f"{name}_step_s"] = seconds_per_call(one, args.steps, args.repeats, warmup=False)
         print(json.dumps({k: v for k, v in report.items() if k.startswith(name)}), flush=True)
     if "precomputed_step_s" in report:
         report["speedup_precomputed"] = (
