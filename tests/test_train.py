@@ -1,4 +1,10 @@
-"""The trainer: exact resumption across processes, 1 vs 8 devices, logs, non-finite loss."""
+"""The trainer: exact resumption across processes, 1 vs 8 devices, logs, non-finite loss.
+
+The trainer's mechanics (resumption, kills, devices, non-finite losses) are checked on the
+test learner of tests/toy_learner.py with dropout (so on the rng streams too): they do not
+depend on the learner, and it compiles in a fraction of VRP-SAM's time. One VRP-SAM run
+checks the logs and feeds the evaluation tests.
+"""
 
 import dataclasses
 import json
@@ -15,6 +21,7 @@ import pytest
 
 from jaxvrp import train
 from jaxvrp.learners import registry, vrp
+from tests import toy_learner
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
 SIX = ["epochs=1", "steps_per_epoch=6", "checkpoint_every=3"]  # the runs of `runs`
@@ -39,12 +46,13 @@ def _run(tmp_path, name, devices, *overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    straight = _run(tmp, "straight", 1, *SIX)
-    _run(tmp, "resumed", 1, *SIX, "stop_after=3")  # the process exits after step 3
-    resumed = _run(tmp, "resumed", 1, *SIX)  # a new process continues in the same workdir
+    _run(tmp, "straight", 1, *SIX)  # VRP-SAM: logs, evaluation
+    straight = _run(tmp, "toy_straight", 1, "toy", *SIX)
+    _run(tmp, "resumed", 1, "toy", *SIX, "stop_after=3")  # the process exits after step 3
+    resumed = _run(tmp, "resumed", 1, "toy", *SIX)  # a new process continues in the workdir
     three = ["epochs=1", "steps_per_epoch=3", "batch_size=8"]  # the same global batch
-    one = _run(tmp, "one", 1, *three)
-    eight = _run(tmp, "eight", 8, *three)
+    one = _run(tmp, "one", 1, "toy", *three)
+    eight = _run(tmp, "eight", 8, "toy", *three)
     return tmp, straight, resumed, (one, eight)
 
 
@@ -65,7 +73,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(r
     work = tmp / "killed"
     env = dict(os.environ, TRAIN_RUNNER_HANG_AFTER="5")
     cmd = [sys.executable, RUNNER, str(work), str(tmp / "k.npz"), "1"]
-    cmd += [f"data.data_dir={tmp / 'tfds'}", *SIX]
+    cmd += ["toy", f"data.data_dir={tmp / 'tfds'}", *SIX]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(1200):
@@ -80,7 +88,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(r
     steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5]
     assert train.checkpoint_manager(work, _ckpt_options()).latest_step() == 3
-    resumed = _run(tmp, "killed", 1, *SIX)
+    resumed = _run(tmp, "killed", 1, "toy", *SIX)
     steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
     assert steps == list(range(1, 7))
     for k in straight:
@@ -88,9 +96,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(r
 
 
 def _ckpt_options():
-    from configs import vrp_sam
-
-    config = vrp_sam.get_config("runlocal")
+    config = toy_learner.get_config("runlocal")
     config.checkpoint_every = 3
     return config
 
@@ -126,9 +132,7 @@ def test_metrics_log_and_tensorboard(runs):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypatch):
     tmp = runs[0]
     workdir = tmp / "nan"
-    from configs import vrp_sam
-
-    config = vrp_sam.get_config("runlocal")
+    config = toy_learner.get_config("runlocal")
     config.data.data_dir = str(tmp / "tfds")
     config.epochs, config.steps_per_epoch, config.checkpoint_every = 1, 4, 2
     config.batch_size = 8  # the tests run on 8 simulated devices
@@ -136,11 +140,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, monkeypa
     train.train(config, workdir)
 
     def poisoned(*args, **kwargs):
-        loss, parts = vrp.loss_fn(*args, **kwargs)
+        loss, parts = toy_learner.loss_fn(*args, **kwargs)
         return loss * jnp.nan, parts
 
-    poisoned_learner = dataclasses.replace(vrp.LEARNER, loss_fn=poisoned)
-    monkeypatch.setitem(registry._LEARNERS, "vrp_sam", poisoned_learner)
+    poisoned_learner = dataclasses.replace(toy_learner.LEARNER, loss_fn=poisoned)
+    monkeypatch.setitem(registry._LEARNERS, toy_learner.NAME, poisoned_learner)
     config.stop_after = 0
     with pytest.raises(train.NonFiniteLoss, match="at step 3.*last good checkpoint is step 2"):
         train.train(config, workdir)

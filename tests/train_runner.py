@@ -1,8 +1,10 @@
 """Runs `jaxvrp.train.train` in a fresh process for the trainer tests.
 
-    python tests/train_runner.py WORKDIR OUT.npz DEVICES [key=value ...]
+    python tests/train_runner.py WORKDIR OUT.npz DEVICES [toy] [key=value ...]
 
-Uses configs/vrp_sam.py:runlocal with the overrides, on DEVICES simulated CPU devices, and
+Uses configs/vrp_sam.py:runlocal (or, with `toy`, the test learner of tests/toy_learner.py,
+whose dropout is set to 0.5: the trainer's mechanics at a fraction of the compile time) with
+the overrides, on DEVICES simulated CPU devices, and
 saves the final params (flattened) and the logged losses. With TRAIN_RUNNER_HANG_AFTER=N it
 stops after logging step N and waits (10 minutes) to be killed.
 """
@@ -50,7 +52,14 @@ if hang_after:  # after step N is logged, wait to be killed (the kill/resume tes
         return run_steps(wrapped, *args, **kwargs)
 
     loop.run_steps = hanging_run_steps
-config = vrp_sam.get_config("runlocal")
+if "toy" in overrides:
+    from tests import toy_learner  # noqa: E402
+
+    config = toy_learner.get_config("runlocal")
+    config.model.dropout = 0.5
+    overrides = [x for x in overrides if x != "toy"]
+else:
+    config = vrp_sam.get_config("runlocal")
 for item in overrides:
     key, value = item.split("=", 1)
     node = config
