@@ -73,6 +73,7 @@ def get_config(arg: str | None = None):
         c.total_steps = 2000
         c.batch_size = 8
     if "runlocal" in flags:
+        c.train.correction_rounds = 1  # the rounds' code path, at half the compile time
         c.batch_size = 2
         c.total_steps = 3
         c.optimizer.warmup_steps = 1

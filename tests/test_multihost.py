@@ -2,10 +2,11 @@
 
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
+
+from tests import processes
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
 # With dropout on: two hosts order the same episodes differently in the global batch (host 0
@@ -24,37 +25,27 @@ def _free_port() -> int:
 
 def test_two_hosts_match_one_host(tmp_path):
     data = f"data.data_dir={tmp_path / 'tfds'}"
+    processes.build_procedural(tmp_path / "tfds")
     single = tmp_path / "single.npz"
-    subprocess.run(
-        [sys.executable, RUNNER, str(tmp_path / "one"), str(single), "4", data, *COMMON],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                RUNNER,
-                str(tmp_path / "two"),
-                str(tmp_path / f"host{i}.npz"),
-                "2",
-                data,
-                *COMMON,
-                "distributed=True",
-                f"coordinator_address=127.0.0.1:{port}",
-                "num_processes=2",
-                f"process_id={i}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+    hosts = [
+        [
+            sys.executable,
+            RUNNER,
+            str(tmp_path / "two"),
+            str(tmp_path / f"host{i}.npz"),
+            "2",
+            data,
+            *COMMON,
+            "distributed=True",
+            f"coordinator_address=127.0.0.1:{port}",
+            "num_processes=2",
+            f"process_id={i}",
+        ]
         for i in range(2)
     ]
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out.decode()[-3000:]
+    one_host = [sys.executable, RUNNER, str(tmp_path / "one"), str(single), "4", data, *COMMON]
+    processes.run_together([*hosts, one_host], timeout=600)
     one = np.load(single)
     host0, host1 = np.load(tmp_path / "host0.npz"), np.load(tmp_path / "host1.npz")
     # only process 0 writes the shared workdir's log: 3 lines, not 6

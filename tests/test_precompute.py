@@ -5,7 +5,6 @@ clear errors naming the file."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 
 from jaxvrp import assets, evaluate, precompute
 from jaxvrp.learners import vrp
+from tests import processes
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
 
@@ -119,20 +119,24 @@ def test_evaluation_on_precomputed_features_is_identical(filled):
     assert cached["per_class_iou"] == pytest.approx(plain["per_class_iou"], abs=1e-9)
 
 
-def _run(tmp, name, *overrides):
-    out = tmp / f"{name}.npz"
-    cmd = [sys.executable, RUNNER, str(tmp / name), str(out), "1", f"data.data_dir={tmp / 'tfds'}"]
-    subprocess.run([*cmd, *overrides], check=True, capture_output=True, timeout=900)
-    return dict(np.load(out))
+def _command(tmp, name, *overrides) -> list[str]:
+    cmd = [sys.executable, RUNNER, str(tmp / name), str(tmp / f"{name}.npz"), "1"]
+    return [*cmd, f"data.data_dir={tmp / 'tfds'}", *overrides]
 
 
 def test_training_on_precomputed_features_gives_the_same_params(tmp_path):
     """3 steps (float32, 1 device) with the encoder in the step and with the features
-    precomputed by the trainer itself (data.precompute=True)."""
+    precomputed by the trainer itself (data.precompute=True); the two runs at once."""
     steps = ["epochs=1", "steps_per_epoch=3"]
-    plain = _run(tmp_path, "plain", *steps)
     cache = f"data.feature_cache={tmp_path / 'features'}"
-    cached = _run(tmp_path, "cached", *steps, cache, "data.precompute=True")
+    processes.build_procedural(tmp_path / "tfds")
+    processes.run_together(
+        [
+            _command(tmp_path, "plain", *steps),
+            _command(tmp_path, "cached", *steps, cache, "data.precompute=True"),
+        ]
+    )
+    plain, cached = (dict(np.load(tmp_path / f"{n}.npz")) for n in ("plain", "cached"))
     assert sorted((tmp_path / "features").glob("*/*.npy"))  # the trainer wrote them
     keys = [k for k in plain if k != "losses"]
     assert keys and set(keys) == {k for k in cached if k != "losses"}

@@ -21,39 +21,47 @@ import pytest
 
 from jaxvrp import train
 from jaxvrp.learners import registry, vrp
-from tests import toy_learner
+from tests import processes, toy_learner
 
 RUNNER = os.path.join(os.path.dirname(__file__), "train_runner.py")
 SIX = ["epochs=1", "steps_per_epoch=6", "checkpoint_every=3"]  # the runs of `runs`
 
 
-def _run(tmp_path, name, devices, *overrides):
+def _command(tmp_path, name, devices, *overrides) -> list[str]:
     out = tmp_path / f"{name}.npz"
-    data = tmp_path / "tfds"  # shared: the procedural build happens once
-    cmd = [
-        sys.executable,
-        RUNNER,
-        str(tmp_path / name),
-        str(out),
-        str(devices),
-        f"data.data_dir={data}",
-        *overrides,
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    return dict(np.load(out))
+    data = f"data.data_dir={tmp_path / 'tfds'}"  # shared: built once by `runs`
+    return [sys.executable, RUNNER, str(tmp_path / name), str(out), str(devices), data, *overrides]
+
+
+def _result(tmp_path, name) -> dict:
+    return dict(np.load(tmp_path / f"{name}.npz"))
+
+
+def _run(tmp_path, name, devices, *overrides):
+    processes.run_together([_command(tmp_path, name, devices, *overrides)], timeout=600)
+    return _result(tmp_path, name)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    _run(tmp, "straight", 1, *SIX)  # VRP-SAM: logs, evaluation
-    straight = _run(tmp, "toy_straight", 1, "toy", *SIX)
-    _run(tmp, "resumed", 1, "toy", *SIX, "stop_after=3")  # the process exits after step 3
-    resumed = _run(tmp, "resumed", 1, "toy", *SIX)  # a new process continues in the workdir
+    processes.build_procedural(tmp / "tfds")
     three = ["epochs=1", "steps_per_epoch=3", "batch_size=8"]  # the same global batch
-    one = _run(tmp, "one", 1, "toy", *three)
-    eight = _run(tmp, "eight", 8, "toy", *three)
-    return tmp, straight, resumed, (one, eight)
+    # two at a time (2 cores); the resumed run's second process continues its workdir
+    processes.run_together(
+        [
+            _command(tmp, "straight", 1, *SIX),  # VRP-SAM: logs, evaluation
+            _command(tmp, "resumed", 1, "toy", *SIX, "stop_after=3"),  # exits after step 3
+        ]
+    )
+    processes.run_together(
+        [_command(tmp, "toy_straight", 1, "toy", *SIX), _command(tmp, "resumed", 1, "toy", *SIX)]
+    )
+    processes.run_together(
+        [_command(tmp, "one", 1, "toy", *three), _command(tmp, "eight", 8, "toy", *three)]
+    )
+    straight, resumed = _result(tmp, "toy_straight"), _result(tmp, "resumed")
+    return tmp, straight, resumed, (_result(tmp, "one"), _result(tmp, "eight"))
 
 
 def test_resume_in_a_new_process_is_bitwise_identical(runs):
