@@ -139,9 +139,12 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
 
 
 def default_protocol(dataset: str) -> str:
-    """The evaluation protocol of a dataset by default: HSNet's where it has one."""
-    from jaxvrp.data import hsnet
+    """The evaluation protocol of a dataset by default: HSNet's where it has one, PerSAM's
+    for perseg."""
+    from jaxvrp.data import hsnet, perseg
 
+    if dataset == perseg.DATASET:
+        return perseg.PROTOCOL
     return hsnet.PROTOCOL if dataset in hsnet.DATASETS else "jaxvrp"
 
 

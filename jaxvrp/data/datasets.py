@@ -7,11 +7,14 @@
 | fss1000 | fss1000 | train, train classes | test, test classes |
 | coco2pascal | both | COCO train, COCO fold's base | PASCAL val, PASCAL classes outside them |
 | procedural | procedural_fss | train, fold's base | test, fold's novel |
+| perseg | perseg | — (a test set) | test, every object |
 
 coco2pascal is VRP-SAM's Table 10 domain shift. `config.data.protocol` chooses the evaluation
 episodes: "hsnet" (the default of pascal5i, coco20i, fss1000) evaluates on HSNet's own test
 episodes (`jaxvrp.data.hsnet`), "jaxvrp" (procedural, coco2pascal) on jaxvrp's seeded ones
-(`jaxvrp.data.episodes`); training episodes are jaxvrp's under both.
+(`jaxvrp.data.episodes`), "perseg" (perseg's only protocol) on PerSAM's: every object's
+image 00 is the reference of each of its other images (`jaxvrp.data.perseg`); training
+episodes are jaxvrp's under all.
 
 The procedural benchmark is built on first use (seconds); the others are built from the user's
 files in `config.data.manual_dir` the first time, or must already be built in
@@ -23,7 +26,7 @@ import os
 from etils import epath
 
 from jaxvrp import configs
-from jaxvrp.data import episodes, hsnet, procedural
+from jaxvrp.data import episodes, hsnet, perseg, procedural
 
 TFDS_NAME = {
     "pascal5i": "pascal5i",
@@ -32,7 +35,7 @@ TFDS_NAME = {
     "perseg": "perseg",
     "procedural": "procedural_fss",
 }
-DATASETS = ("pascal5i", "coco20i", "fss1000", "coco2pascal", "procedural")
+DATASETS = ("pascal5i", "coco20i", "fss1000", "coco2pascal", "procedural", "perseg")
 
 
 def data_dir(config) -> str:
@@ -78,6 +81,9 @@ def plan(config) -> tuple[tuple[str, str, list[int]], tuple[str, str, list[int]]
     if d == "procedural":
         base, novel = procedural.procedural_classes(fold)
         return ("procedural", "train", list(base)), ("procedural", "test", list(novel))
+    if d == perseg.DATASET:  # a test set: "training" names it only to be refused
+        classes = list(range(1, len(perseg_metadata(config)["class_names"]) + 1))
+        return ("perseg", "test", classes), ("perseg", "test", classes)
     from jaxvrp.data import folds
 
     if d == "pascal5i":
@@ -108,12 +114,34 @@ def fss_metadata(config):
     return tfds.builder("fss1000", data_dir=data_dir(config)).info.metadata
 
 
+def perseg_metadata(config):
+    """The PerSeg build's `info.metadata` (its object names), building it first if needed."""
+    import tensorflow_datasets as tfds
+
+    from jaxvrp.data import builders  # registers the builder, whose info holds the metadata
+
+    del builders
+    source(config, "perseg", "test")
+    return tfds.builder("perseg", data_dir=data_dir(config)).info.metadata
+
+
 def protocol(config) -> str:
     """`config.data.protocol` ("jaxvrp" for configs written before the key existed),
-    checked against the dataset: HSNet's lists exist for pascal5i, coco20i, fss1000."""
+    checked against the dataset: HSNet's lists exist for pascal5i, coco20i, fss1000;
+    PerSAM's protocol is perseg's, 1-shot, and the only one it has."""
     name = config.data.get("protocol", "jaxvrp")
     if name not in episodes.PROTOCOLS:
         raise ValueError(f"data.protocol must be one of {episodes.PROTOCOLS}, got {name!r}")
+    if (name == perseg.PROTOCOL) != (config.data.dataset == perseg.DATASET):
+        raise ValueError(
+            f"data.protocol={name!r} with data.dataset={config.data.dataset!r}: PerSAM's "
+            "protocol 'perseg' is the one evaluation of the perseg dataset and of no other"
+        )
+    if name == perseg.PROTOCOL and config.data.shots != 1:
+        raise ValueError(
+            f"data.protocol='perseg' is 1-shot (each object's image 00), got data.shots="
+            f"{config.data.shots}"
+        )
     if name == hsnet.PROTOCOL and config.data.dataset not in hsnet.DATASETS:
         raise ValueError(
             f"data.protocol='hsnet' has HSNet's episode lists for {list(hsnet.DATASETS)}, not "
@@ -161,6 +189,16 @@ def eval_episode_list(config) -> list[dict]:
     dataset, split, classes = plan(config)[1]
     index = episodes.ClassIndex.build(_light_source(config, dataset, split))
     name_of = {r: image_id for image_id, r in index.ids.items()}
+    if protocol(config) == perseg.PROTOCOL:
+        return [
+            {
+                "episode": n,
+                "query": name_of[q],
+                "supports": [name_of[int(r)] for r in refs],
+                "class": c,
+            }
+            for n, (c, q, refs) in enumerate(perseg.episodes_of(index.ids, index.records))
+        ]
     cfg = _episode_config(config)
     usable = index.usable(classes, cfg.shots)
     rows = []
@@ -190,6 +228,11 @@ def _episode_config(config) -> episodes.EpisodeConfig:
 
 def _episodes(config, which: int, train: bool, process_index, process_count, local_batch):
     dataset, split, classes = plan(config)[which]
+    if train and dataset == perseg.DATASET:
+        raise ValueError(
+            "data.dataset='perseg' is a test set (PerSAM's evaluation): train on another "
+            "dataset and evaluate with data.dataset='perseg', or use a training-free method"
+        )
     src = source(config, dataset, split)
     index = episodes.ClassIndex.build(src)
     if train:
@@ -201,6 +244,8 @@ def _episodes(config, which: int, train: bool, process_index, process_count, loc
     fixed = None
     if not train and protocol(config) == hsnet.PROTOCOL:
         fixed = hsnet.resolve(hsnet_episodes(config, index), index.ids, index.records)
+    if not train and protocol(config) == perseg.PROTOCOL:
+        fixed = perseg.episodes_of(index.ids, index.records)
     return episodes.episode_dataset(
         src,
         index,

@@ -48,7 +48,7 @@ from jaxvrp.data import annotations, hsnet
 from jaxvrp.data.schema import IGNORE
 from jaxvrp.image import normalized_image, resized_mask
 
-PROTOCOLS = ("jaxvrp", hsnet.PROTOCOL)
+PROTOCOLS = ("jaxvrp", hsnet.PROTOCOL, "perseg")  # perseg: jaxvrp.data.perseg
 _NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
 
