@@ -666,14 +666,52 @@ def _seeds(rng, b: int, config: MatcherConfig) -> jax.Array:
 def predict(frozen: Params, batch: dict, config: MatcherConfig, rng=None) -> dict:
     """Matcher on a batch: "logits" (B, H, W) (+1 in the merged mask, -1 outside),
     "points" (B, N, 2) the matched points in the encoder frame with "num_points" (B,),
-    "chosen" (B, M) which of the M candidate masks were merged."""
-    query, support = batch["query_image"], batch["support_images"]
+    "chosen" (B, M) which of the M candidate masks were merged.
+
+    With several devices and B a multiple of their number, the work runs as a `shard_map`
+    over the batch on the tools' 1-D "data" mesh (`jaxvrp.loop`): each device's examples
+    go through the host steps on their own host, with no cross-device traffic (a host
+    callback on the gathered batch would serialise the whole batch on device 0). A batch
+    sharded over several CPU devices is refused (their callbacks stall in XLA's CPU client).
+    """
+    support = batch["support_images"]
     ann = batch["support_annotations"]
     if support.ndim != 5 or ann.shape != support.shape[:4]:
         raise ValueError(
             f"support_images (B, K, H, W, 3) and support_annotations (B, K, H, W) disagree: "
             f"{support.shape} and {ann.shape}"
         )
+    b = ann.shape[0]
+    keys = ("query_image", "support_images", "support_annotations", "query_embedding")
+    inputs = {k: batch[k] for k in keys if k in batch}
+    seeds = _seeds(rng, b, config)
+    n_dev = jax.device_count()
+    if n_dev == 1 or b % n_dev:
+        return _predict(frozen, inputs, seeds, config)
+    if jax.default_backend() == "cpu":
+        # XLA's CPU client runs a callback's device_put on the devices' own threads: with
+        # the batch sharded over several CPU devices the callbacks stall (measured)
+        raise ValueError(
+            f"Matcher's host steps cannot run with the batch ({b}) sharded over "
+            f"{n_dev} CPU devices; run on one CPU device, or on GPU / TPU"
+        )
+    from jax.sharding import AxisType, PartitionSpec
+
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(AxisType.Auto,))
+    data, rep = PartitionSpec("data"), PartitionSpec()
+    return jax.shard_map(
+        partial(_predict, config=config),
+        mesh=mesh,
+        in_specs=(rep, data, data),
+        out_specs=data,
+        check_vma=False,
+    )(frozen, inputs, seeds)
+
+
+def _predict(frozen: Params, batch: dict, seeds: jax.Array, config: MatcherConfig) -> dict:
+    """`predict` on (a device's share of) the batch, with the examples' seeds (B,)."""
+    query, support = batch["query_image"], batch["support_images"]
+    ann = batch["support_annotations"]
     b, k = ann.shape[:2]
     out_size = (int(query.shape[1]), int(query.shape[2]))
     q_emb = frozen_sam.query_embeddings(frozen, batch, config.sam)
@@ -694,7 +732,6 @@ def predict(frozen: Params, batch: dict, config: MatcherConfig, rng=None) -> dic
         {i: jax.ShapeDtypeStruct((b, c, i, 2), jnp.float32) for i, c in slots.items()},
         {i: jax.ShapeDtypeStruct((b, c), jnp.bool_) for i, c in slots.items()},
     )
-    seeds = _seeds(rng, b, config)
     all_pts, count, box, prompts, valid = jax.pure_callback(
         partial(_host_prompts, config=config), shapes, s, pool, seeds
     )

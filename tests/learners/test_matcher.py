@@ -288,3 +288,30 @@ def test_matcher_through_segment(tmp_path, capsys):
     assert cli.main([*bad, "--out", str(tmp_path / "bad")]) == 2
     assert "encoder must be one of" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_config_file_and_the_multi_device_guard():
+    """configs/matcher.py: the official presets per dataset; `jaxvrp.evaluate` with the
+    batch sharded over the 8 simulated CPU devices is refused with a clear error (XLA's
+    CPU callbacks stall there; one CPU device, GPU and TPU run)."""
+    from configs import matcher as matcher_config
+
+    c = matcher_config.get_config(None)
+    config = registry.get(c.learner).make_config(**c.model)
+    assert config == matcher.make_config() and c.data.image_size == 518
+    fss = matcher_config.get_config("dataset=fss1000")
+    assert registry.get("matcher").make_config(**fss.model) == matcher.make_config(preset="fss")
+    sam = matcher_config.get_config("encoder=sam,preset=lvis")
+    assert registry.get("matcher").make_config(**sam.model).encoder == "sam"
+    with pytest.raises(ValueError, match="unknown config arg"):
+        matcher_config.get_config("backbone=vgg16_bn")
+    c = matcher_config.get_config("runlocal")
+    config = registry.get("matcher").make_config(**c.model)
+    assert config.encoder == "sam" and config.sample_range == (1, 2)
+    batch = {  # what `jaxvrp.evaluate` passes with batch_size 8: one example per device
+        "query_image": jnp.zeros((8, 32, 32, 3)),
+        "support_images": jnp.zeros((8, 1, 32, 32, 3)),
+        "support_annotations": jnp.zeros((8, 1, 32, 32)),
+    }
+    with pytest.raises(ValueError, match="sharded over 8 CPU devices"):
+        jax.eval_shape(lambda b: matcher.predict({"sam": None}, b, config), batch)
