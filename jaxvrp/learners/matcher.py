@@ -248,20 +248,40 @@ class MatcherConfig:
 def make_config(
     sam: str = "vit_h",
     sam_dtype: str = "float32",
-    encoder: str = "dinov2",
+    encoder: str | None = None,
     dinov2: str = "dinov2_vitl14",
     preset: str = "coco",
+    backbone: str | None = None,
     **options: Any,
 ) -> MatcherConfig:
-    """Matcher's config: SAM variant (official ViT-H), matching encoder, a preset of the
-    official hyper-parameters ("coco" = coco.sh, "lvis" = lvis.sh, "fss" = fss.sh,
-    "main_oss" = main_oss.py's bare defaults) and overrides."""
+    """Matcher's config: SAM variant (official ViT-H), matching encoder (default "dinov2",
+    the paper's), a preset of the official hyper-parameters ("coco" = coco.sh, "lvis" =
+    lvis.sh, "fss" = fss.sh, "main_oss" = main_oss.py's bare defaults) and overrides.
+
+    `backbone` (what `jaxvrp segment` fills in, `docs/segment.md`) names the encoder as a
+    backbone arch instead: "sam_<variant>" (the SAM's own encoder) is encoder="sam", a
+    DINOv2 arch is encoder="dinov2" with that DINOv2; so `jaxvrp segment --method matcher`
+    matches with the SAM alone unless `--backbone DIR` gives a DINOv2.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(MatcherConfig)}
     unknown = sorted(set(options) - fields)
-    if unknown or {"sam", "dinov2"} & set(options):
+    if unknown or {"sam", "dinov2", "encoder"} & set(options):
         raise TypeError(f"unknown Matcher options {unknown}; known: {sorted(fields)}")
+    if encoder is not None and encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    if backbone is not None:
+        named = "sam" if backbone.startswith("sam_") else "dinov2"
+        if encoder is not None and encoder != named:
+            raise ValueError(
+                f"encoder={encoder!r} conflicts with backbone={backbone!r} (encoder='dinov2' "
+                "needs a DINOv2 backbone: jaxvrp segment --backbone DIR)"
+            )
+        if named == "sam" and backbone != f"sam_{sam}":
+            raise ValueError(f"backbone={backbone!r} is not the SAM's encoder (sam_{sam})")
+        encoder, dinov2 = named, dinov2 if named == "sam" else backbone
+    encoder = "dinov2" if encoder is None else encoder
     values = {**PRESETS[preset], **options}
     values["sample_range"] = tuple(int(v) for v in values["sample_range"])
     dcfg = None

@@ -198,6 +198,13 @@ def test_the_official_presets_and_bad_options():
         matcher.make_config(sam=SAM, dinov2="vgg16_bn")
     with pytest.raises(ValueError, match="output_layer"):
         matcher.make_config(sam=SAM, output_layer=7)
+    # `backbone` (what jaxvrp segment fills in) names the encoder
+    assert matcher.make_config(sam=SAM, backbone="sam_tiny_128").encoder == "sam"
+    assert matcher.make_config(sam=SAM, backbone="dinov2_test").dinov2.embed_dim == 64
+    with pytest.raises(ValueError, match="not the SAM's encoder"):
+        matcher.make_config(sam=SAM, backbone="sam_vit_b")
+    with pytest.raises(ValueError, match="encoder='dinov2' conflicts with backbone='sam_tiny_128'"):
+        matcher.make_config(sam=SAM, backbone="sam_tiny_128", encoder="dinov2")
 
 
 def test_dinov2_encoder_points_are_patch_centres():
@@ -242,8 +249,8 @@ def test_matcher_through_segment(tmp_path, capsys):
     tgt = rng.integers(0, 256, (56, 40, 3), dtype=np.uint8)
     tgt[10:30, 5:25] = (200, 40, 40)
     Image.fromarray(tgt).save(tmp_path / "targets" / "t.png")
-    options = [
-        "--option", 'encoder="sam"', "--option", 'preset="fss"',
+    options = [  # no encoder: with only a SAM checkpoint, its own encoder (backbone=sam_<v>)
+        "--option", 'preset="fss"',
         "--option", "sample_range=[1, 3]", "--option", "max_sample_iterations=6",
     ]  # fmt: skip
     args = [
