@@ -202,3 +202,22 @@ def mask_selection(tar_masks, all_points, C, pool, feat, cfg):
         chosen = pred[idx.numpy()][top_scores > cfg["topk_scores_threshold"]]
     merged = chosen.reshape(-1, *tar_masks.shape[1:]).sum(0) > 0
     return merged, (purity.numpy(), coverage.numpy(), emd.numpy())
+
+
+def kmeans_pp(X, K, max_iters=100):
+    """`k_means.kmeans_pp` (torch's generator): D^2-seeded centres, then Lloyd iterations
+    keeping an empty cluster's centre, until the centres stop changing."""
+    X = torch.from_numpy(X).float() if isinstance(X, np.ndarray) else X
+    centers = X[torch.randint(X.size(0), (1,))]
+    for _ in range(K - 1):
+        d = torch.cdist(X, centers).min(dim=1).values + 1e-6
+        idx = torch.multinomial(d**2 / torch.sum(d**2), num_samples=1)
+        centers = torch.cat([centers, X[idx]], dim=0)
+    for _ in range(max_iters):
+        assign = torch.argmin(torch.cdist(X, centers), dim=1)
+        new = [X[assign == k].mean(dim=0) if (assign == k).any() else centers[k] for k in range(K)]
+        new = torch.stack(new)
+        if torch.all(torch.eq(new, centers)):
+            break
+        centers = new.clone()
+    return centers, assign

@@ -322,3 +322,18 @@ def test_config_file_and_the_multi_device_guard():
     }
     with pytest.raises(ValueError, match="sharded over 8 CPU devices"):
         jax.eval_shape(lambda b: matcher.predict({"sam": None}, b, config), batch)
+
+
+def test_kmeans_centres_match_the_official_on_separated_clusters():
+    """FSS's clustering: on well-separated blobs both k-means++ (numpy draws here, torch's
+    officially) converge to the same centres, truncated to int64 pixels."""
+    rs = np.random.RandomState(0)
+    means = np.array([[20, 30], [100, 40], [60, 110], [120, 120]], np.float32)
+    pts = np.concatenate([m + rs.randint(-6, 7, (9, 2)) for m in means]).astype(np.int64)
+    config = matcher.make_config(sam=SAM, encoder="sam", preset="fss", num_centers=4)
+    got = matcher.clustering(pts, config, np.random.default_rng(1))
+    torch.manual_seed(0)
+    want, _ = ref.kmeans_pp(pts, 4)
+    assert got.dtype == np.int64
+    key = lambda c: sorted(map(tuple, c.tolist()))
+    assert key(got) == key(np.asarray(want.numpy()).astype(np.int64))
