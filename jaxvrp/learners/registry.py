@@ -25,6 +25,7 @@ BUILTIN = {
     "oracle_box": "jaxvrp.baselines",
     "persam": "jaxvrp.learners.persam",
     "persam_f": "jaxvrp.learners.persam",
+    "matcher": "jaxvrp.learners.matcher",
     "ssprompt": "jaxvrp.learners.ssprompt",
 }
 
