@@ -98,6 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             arg=SAM_ONLY,
             **{"model.num_prompts": 4 if runlocal else 16, "model.steps": 2 if runlocal else 20},
         ),
+        # training-free, Matcher (official coco.sh settings) matching with the embedded SAM's
+        # own embedding (no DINOv2 weights ship), 4 random subsets per size instead of 64 and
+        # an 8 x 8 dense grid instead of 32 x 32 (CPU budget)
+        method(
+            "Matcher (SAM features)", "matcher", arg=f"encoder=sam,iterations=4,grid=8,{SAM_ONLY}"
+        ),
         method("SAM + oracle box", "oracle_box"),
     ]
     c.examples = 8  # episodes shown in examples.png

@@ -5,7 +5,9 @@
     python -m jaxvrp.evaluate --config configs/matcher.py:encoder=sam ...   # no DINOv2 weights
 
 `arg`: comma-separated `key=value` (dataset, fold, label, shots, sam, and `encoder` = dinov2 |
-sam, `dinov2` = a DINOv2 arch, `preset` = coco | lvis | fss | main_oss) and the flag
+sam, `dinov2` = a DINOv2 arch, `preset` = coco | lvis | fss | main_oss, `iterations` = random
+subsets per size and `grid` = points per side of the dense grid instead of the preset's, for
+a CPU budget: the demo's row) and the flag
 `runlocal` (a tiny random SAM, its own encoder, on the procedural data: seconds on one CPU).
 "official" = aim-uofa/Matcher (`main_oss.py`, `scripts/coco.sh`, `scripts/fss.sh`). The
 DINOv2 weights come from `frozen.backbone_checkpoint` (`jaxvrp convert backbone`).
@@ -16,7 +18,7 @@ import ml_collections
 
 from jaxvrp import configs
 
-EXTRA = {"encoder": str, "dinov2": str, "preset": str}
+EXTRA = {"encoder": str, "dinov2": str, "preset": str, "iterations": int, "grid": int}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,6 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.max_sample_iterations = 4
         c.model.sample_range = (1, 2)
         c.model.points_per_side = 4
+    if "iterations" in values:  # instead of the preset's max_sample_iterations (coco: 64)
+        c.model.max_sample_iterations = values["iterations"]
+    if "grid" in values:  # instead of the preset's points_per_side (coco: 32)
+        c.model.points_per_side = values["grid"]
 
     c.data.dataset = dataset
     c.data.protocol = configs.default_protocol(c.data.dataset)

@@ -58,6 +58,7 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         "PerSAM",
         "PerSAM-F",
         "SSPrompt",
+        "Matcher (SAM features)",
         "SAM + oracle box",
     ]
     assert list(results) == sorted(methods) or set(results) == set(methods)
@@ -66,8 +67,8 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         assert set(r["per_class_iou"]) <= {"1", "2", "3", "4", "5"}  # fold 0's novel classes
     assert "| method | mIoU |" in proc.stdout and "SAM + oracle box" in proc.stdout
     grid = np.asarray(Image.open(out / "examples.png"))
-    # a header, 2 episodes x (reference, target, 11 methods), the legend (one line at this width)
-    assert grid.shape == (26 + 2 * 68 + demo.LEGEND_HEIGHT, 13 * 68, 3)
+    # a header, 2 episodes x (reference, target, 12 methods), the legend (one line at this width)
+    assert grid.shape == (26 + 2 * 68 + demo.LEGEND_HEIGHT, 14 * 68, 3)
     legend = grid[26 + 2 * 68 :].reshape(-1, 3)
     for colour, _ in demo.LEGEND:  # every colour of the overlays has its swatch
         assert (legend == colour).all(axis=1).sum() >= 100, colour
