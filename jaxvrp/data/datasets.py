@@ -82,7 +82,8 @@ def plan(config) -> tuple[tuple[str, str, list[int]], tuple[str, str, list[int]]
         base, novel = procedural.procedural_classes(fold)
         return ("procedural", "train", list(base)), ("procedural", "test", list(novel))
     if d == perseg.DATASET:  # a test set: "training" names it only to be refused
-        classes = list(range(1, len(perseg_metadata(config)["class_names"]) + 1))
+        names = build_metadata(config, "perseg", "test")["class_names"]
+        classes = list(range(1, len(names) + 1))
         return ("perseg", "test", classes), ("perseg", "test", classes)
     from jaxvrp.data import folds
 
@@ -102,27 +103,21 @@ def plan(config) -> tuple[tuple[str, str, list[int]], tuple[str, str, list[int]]
     return ("coco20i", "train", list(train_classes)), ("pascal5i", "val", list(test_classes))
 
 
+def build_metadata(config, dataset: str, split: str):
+    """A build's `info.metadata` (FSS-1000: class names and split classes; PerSeg: its
+    object names), building it from `config.data.manual_dir` first if needed."""
+    import tensorflow_datasets as tfds
+
+    from jaxvrp.data import builders  # registers the builder, whose info holds the metadata
+
+    del builders
+    source(config, dataset, split)
+    return tfds.builder(TFDS_NAME[dataset], data_dir=data_dir(config)).info.metadata
+
+
 def fss_metadata(config):
-    """The FSS-1000 build's `info.metadata` (class names and split classes), building it
-    from `config.data.manual_dir` first if needed."""
-    import tensorflow_datasets as tfds
-
-    from jaxvrp.data import builders  # registers the builder, whose info holds the metadata
-
-    del builders
-    source(config, "fss1000", "test")
-    return tfds.builder("fss1000", data_dir=data_dir(config)).info.metadata
-
-
-def perseg_metadata(config):
-    """The PerSeg build's `info.metadata` (its object names), building it first if needed."""
-    import tensorflow_datasets as tfds
-
-    from jaxvrp.data import builders  # registers the builder, whose info holds the metadata
-
-    del builders
-    source(config, "perseg", "test")
-    return tfds.builder("perseg", data_dir=data_dir(config)).info.metadata
+    """The FSS-1000 build's `info.metadata` (class names and split classes)."""
+    return build_metadata(config, "fss1000", "test")
 
 
 def protocol(config) -> str:

@@ -44,11 +44,11 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
-from jaxvrp.data import annotations, hsnet
+from jaxvrp.data import annotations, hsnet, perseg
 from jaxvrp.data.schema import IGNORE
 from jaxvrp.image import normalized_image, resized_mask
 
-PROTOCOLS = ("jaxvrp", hsnet.PROTOCOL, "perseg")  # perseg: jaxvrp.data.perseg
+PROTOCOLS = ("jaxvrp", hsnet.PROTOCOL, perseg.PROTOCOL)
 _NO_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
 
 
