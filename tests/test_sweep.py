@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxvrp import stacked, sweep, trainer
+from tests import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = os.path.join(os.path.dirname(__file__), "sweep_runner.py")
@@ -220,23 +220,18 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     common = [f"data.data_dir={tmp / 'tfds'}", "steps_per_epoch=3", "batch_size=8"]
     members = json.dumps(MEMBERS)
-    jobs = []
+    processes.build_procedural(tmp / "tfds")  # once, before the two jobs that share it
+    commands, outs = [], []
     for modes, devices, extra in (
         ("separate,sweep,stacked-vmap", 1, []),
         ("separate,stacked", 8, ["member_shards=1"]),
     ):
         out = tmp / f"{devices}.npz"
         cmd = [sys.executable, RUNNER, modes, str(tmp / str(devices)), str(out), str(devices)]
-        cmd += ["vrp_sam", members, *common, *extra]
-        if jobs:  # let the first job build the procedural data
-            while not (tmp / "tfds" / "procedural_fss").exists() and jobs[0][0].poll() is None:
-                time.sleep(1)
-        jobs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
-    results = []
-    for job, out in jobs:
-        log, _ = job.communicate(timeout=1800)
-        assert job.returncode == 0, log.decode()[-4000:]
-        results.append(dict(np.load(out)))
+        commands.append([*cmd, "vrp_sam", members, *common, *extra])
+        outs.append(out)
+    processes.run_together(commands, timeout=1800)
+    results = [dict(np.load(out)) for out in outs]
     one = {f"1dev/{k}": v for k, v in results[0].items()}
     eight = {f"8dev/{k}": v for k, v in results[1].items()}
     return tmp, {**one, **eight}
