@@ -1,6 +1,6 @@
 """One training-free row of the demo, evaluated alone: its metrics and wall time.
 
-    python benchmarks/demo_row.py --title "Matcher (SAM features)" [--out out/demo] [--runlocal]
+    python benchmarks/demo_row.py --title "Matcher (SAM feat., no filters)" [--out DIR] [--runlocal]
 
 The row's config is the demo's (`configs/demo.py` via `jaxvrp.demo.method_configs`): the same
 embedded SAM, data, episodes and evaluation as `python -m jaxvrp.demo`, so the numbers stand

@@ -100,9 +100,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         # training-free, Matcher (official coco.sh settings) matching with the embedded SAM's
         # own embedding (no DINOv2 weights ship), 4 random subsets per size instead of 64 and
-        # an 8 x 8 dense grid instead of 32 x 32 (CPU budget)
+        # an 8 x 8 dense grid instead of 32 x 32 (CPU budget), and without the four mask-quality
+        # thresholds (set for ViT-H: the embedded SAM's masks score under them, docs/matcher.md)
         method(
-            "Matcher (SAM features)", "matcher", arg=f"encoder=sam,iterations=4,grid=8,{SAM_ONLY}"
+            "Matcher (SAM feat., no filters)",
+            "matcher",
+            arg=f"encoder=sam,iterations=4,grid=8,filters=off,{SAM_ONLY}",
         ),
         method("SAM + oracle box", "oracle_box"),
     ]

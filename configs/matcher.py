@@ -7,7 +7,8 @@
 `arg`: comma-separated `key=value` (dataset, fold, label, shots, sam, and `encoder` = dinov2 |
 sam, `dinov2` = a DINOv2 arch, `preset` = coco | lvis | fss | main_oss, `iterations` = random
 subsets per size and `grid` = points per side of the dense grid instead of the preset's, for
-a CPU budget: the demo's row) and the flag
+a CPU budget: the demo's row; `filters` = preset | off, off sets the four mask-quality
+thresholds to 0, for a small SAM whose masks fall under ViT-H's thresholds) and the flag
 `runlocal` (a tiny random SAM, its own encoder, on the procedural data: seconds on one CPU).
 "official" = aim-uofa/Matcher (`main_oss.py`, `scripts/coco.sh`, `scripts/fss.sh`). The
 DINOv2 weights come from `frozen.backbone_checkpoint` (`jaxvrp convert backbone`).
@@ -18,7 +19,23 @@ import ml_collections
 
 from jaxvrp import configs
 
-EXTRA = {"encoder": str, "dinov2": str, "preset": str, "iterations": int, "grid": int}
+EXTRA = {
+    "encoder": str,
+    "dinov2": str,
+    "preset": str,
+    "iterations": int,
+    "grid": int,
+    "filters": str,
+}
+# the preset's mask-quality thresholds that `filters=off` sets to 0 (predicted IoU and
+# stability, for the dense grid and for the subsets; the EMD/purity/coverage/score filters
+# and NMS stay as the preset has them)
+QUALITY_FILTERS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "iou_filter",
+    "sel_stability_score_thresh",
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,6 +64,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.max_sample_iterations = values["iterations"]
     if "grid" in values:  # instead of the preset's points_per_side (coco: 32)
         c.model.points_per_side = values["grid"]
+    filters = values.get("filters", "preset")
+    if filters not in ("preset", "off"):
+        raise ValueError(f"config arg filters must be 'preset' or 'off', got {filters!r}")
+    if filters == "off":  # not official: a small SAM's masks score under ViT-H's thresholds
+        for name in QUALITY_FILTERS:
+            setattr(c.model, name, 0.0)
 
     c.data.dataset = dataset
     c.data.protocol = configs.default_protocol(c.data.dataset)

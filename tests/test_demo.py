@@ -58,7 +58,7 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
         "PerSAM",
         "PerSAM-F",
         "SSPrompt",
-        "Matcher (SAM features)",
+        "Matcher (SAM feat., no filters)",
         "SAM + oracle box",
     ]
     assert list(results) == sorted(methods) or set(results) == set(methods)

@@ -439,7 +439,10 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
         lt = np.maximum(boxes[i, :2], boxes[:, :2])
         rb = np.minimum(boxes[i, 2:], boxes[:, 2:])
         inter = np.clip(rb - lt, 0, None).prod(axis=1)
-        iou = inter / (area[i] + area - inter)
+        # two empty boxes give 0/0 = NaN, never > thresh: not suppressed, as in torchvision's
+        # kernel (empty masks reach here when the quality filters are off)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (area[i] + area - inter)
         suppressed |= iou > thresh
     return np.asarray(keep, np.int64)
 

@@ -2,6 +2,7 @@
 against a transcription of the official code (`matcher_reference.py`), on small random
 inputs; the whole method through `jaxvrp segment`; bad options."""
 
+import dataclasses
 import random
 
 import jax
@@ -312,6 +313,12 @@ def test_config_file_and_the_multi_device_guard():
     assert registry.get("matcher").make_config(**sam.model).encoder == "sam"
     with pytest.raises(ValueError, match="unknown config arg"):
         matcher_config.get_config("backbone=vgg16_bn")
+    off = registry.get("matcher").make_config(**matcher_config.get_config("filters=off").model)
+    thresholds = dict.fromkeys(matcher_config.QUALITY_FILTERS, 0.0)
+    assert off == dataclasses.replace(matcher.make_config(), **thresholds)
+    assert matcher.make_config().iou_filter == 0.85  # coco.sh: the preset's differ from 0
+    with pytest.raises(ValueError, match="filters must be 'preset' or 'off', got 'of'"):
+        matcher_config.get_config("filters=of")
     c = matcher_config.get_config("runlocal")
     config = registry.get("matcher").make_config(**c.model)
     assert config.encoder == "sam" and config.sample_range == (1, 2)
