@@ -375,17 +375,18 @@ def _train_stack(c, members, mesh, mode, steps=2):
 
 
 def test_members_sharded_over_devices_equal_the_unsharded_stack():
-    """4 members on a 4 (members) x 2 (data) mesh of the 8 devices (a `shard_map` over
+    """2 members on a 2 (members) x 2 (data) mesh of 4 devices (a `shard_map` over
     "members": one member per device pair, the batch of 2 split over the pair) against the
-    same stack unsharded on a 1 x 2 mesh, both modes."""
+    same stack unsharded on a 1 x 2 mesh, both modes. (Two members, not more: "map" mode
+    unrolls the members, so each one more adds its whole step to the compile.)"""
     from flax import traverse_util
     from jax.sharding import Mesh
 
     c = _vrp()
     c.batch_size = 2
-    members = [{"seed": s, "optimizer.lr": lr} for s in (0, 1) for lr in (1e-3, 2e-3)]
+    members = [{"seed": 0, "optimizer.lr": 1e-3}, {"seed": 1, "optimizer.lr": 2e-3}]
     devices = np.array(jax.devices())
-    sharded_mesh = Mesh(devices.reshape(4, 2), ("members", "data"))
+    sharded_mesh = Mesh(devices[:4].reshape(2, 2), ("members", "data"))
     plain_mesh = Mesh(devices[:2].reshape(1, 2), ("members", "data"))
     flat = lambda tree, i: traverse_util.flatten_dict(stacked.member_params(tree, i), sep="/")
     for mode in ("map", "vmap"):

@@ -1,5 +1,7 @@
 """SAM's training loss and prompt simulation (`jaxvrp.sam.training`)."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,8 +102,8 @@ def tiny():
 def test_frozen_parts_get_exactly_zero_gradient(tiny):
     sam, params, batch = tiny
     config = training.TrainConfig(trainable=("mask_decoder",), correction_rounds=1)
-    grads = jax.grad(
-        lambda p: training.loss_fn(p, batch, jax.random.key(0), sam=sam, config=config)[0]
+    grads = jax.jit(  # one compiled program: eager op-by-op dispatch took ~1 min here
+        jax.grad(lambda p: training.loss_fn(p, batch, jax.random.key(0), sam=sam, config=config)[0])
     )(params)
     for part in ("image_encoder", "prompt_encoder"):
         assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads[part]))
@@ -119,7 +121,8 @@ def test_rounds_and_metrics(tiny):
     sam, params, batch = tiny
     for rounds in (0, 2):
         config = training.TrainConfig(correction_rounds=rounds)
-        loss, m = training.loss_fn(params, batch, jax.random.key(0), sam=sam, config=config)
+        loss_fn = jax.jit(partial(training.loss_fn, sam=sam, config=config))
+        loss, m = loss_fn(params, batch, jax.random.key(0))
         names = {"point_iou", "box_iou"} | {f"fix{r + 1}_iou" for r in range(rounds)}
         assert names <= set(m) and np.isfinite(float(loss))
     with pytest.raises(ValueError, match="trainable"):
