@@ -4,6 +4,8 @@ one on a 2-core machine."""
 
 import subprocess
 import tempfile
+import threading
+import time
 
 
 def build_procedural(data_dir) -> None:
@@ -20,20 +22,47 @@ def build_procedural(data_dir) -> None:
 
 def run_together(commands: list[list[str]], *, timeout: float = 900, env=None) -> None:
     """Run the commands at the same time; fail with the log tail of any that fails."""
-    logs, procs = [], []
-    try:
+    run_lanes([[cmd] for cmd in commands], timeout=timeout, env=env)
+
+
+def run_lanes(lanes: list[list[list[str]]], *, timeout: float = 900, env=None) -> None:
+    """Run the lanes at the same time, each lane's commands one after another (a command
+    starts when the one before it in its lane succeeded); fail with the log tail of the
+    first command that fails. `timeout`: seconds for each lane."""
+    errors: list[str] = []
+    procs: list[subprocess.Popen] = []
+    lock = threading.Lock()
+
+    def lane(commands):
+        deadline = time.monotonic() + timeout
         for cmd in commands:
-            log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall a process
-            logs.append(log)
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-        for cmd, proc, log in zip(commands, procs, logs, strict=True):
-            proc.wait(timeout=timeout)
-            if proc.returncode:
-                log.seek(0)
-                tail = log.read().decode(errors="replace")[-4000:]
-                raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{tail}")
+            with tempfile.TemporaryFile() as log:  # not a pipe: a full one stalls the process
+                with lock:
+                    if errors:  # another lane failed: start nothing more
+                        return
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    procs.append(proc)
+                try:
+                    proc.wait(timeout=max(deadline - time.monotonic(), 0))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    errors.append(f"{' '.join(map(str, cmd))} ran past its lane's {timeout} s")
+                    return
+                if proc.returncode:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-4000:]
+                    errors.append(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{tail}")
+                    return
+
+    threads = [threading.Thread(target=lane, args=(cmds,)) for cmds in lanes]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
-        for proc in procs:
-            proc.kill()
-        for log in logs:
-            log.close()
+        with lock:
+            for proc in procs:
+                proc.kill()
+    if errors:
+        raise AssertionError(errors[0])

@@ -47,18 +47,19 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     processes.build_procedural(tmp / "tfds")
     three = ["epochs=1", "steps_per_epoch=3", "batch_size=8"]  # the same global batch
-    # two at a time (2 cores); the resumed run's second process continues its workdir
-    processes.run_together(
+    # two at a time (2 cores): the VRP-SAM run beside the toy runs one after another (the
+    # resumed run's second process continues its workdir)
+    processes.run_lanes(
         [
-            _command(tmp, "straight", 1, *SIX),  # VRP-SAM: logs, evaluation
-            _command(tmp, "resumed", 1, "toy", *SIX, "stop_after=3"),  # exits after step 3
+            [_command(tmp, "straight", 1, *SIX)],  # VRP-SAM: logs, evaluation
+            [
+                _command(tmp, "resumed", 1, "toy", *SIX, "stop_after=3"),  # exits after step 3
+                _command(tmp, "resumed", 1, "toy", *SIX),
+                _command(tmp, "toy_straight", 1, "toy", *SIX),
+                _command(tmp, "one", 1, "toy", *three),
+                _command(tmp, "eight", 8, "toy", *three),
+            ],
         ]
-    )
-    processes.run_together(
-        [_command(tmp, "toy_straight", 1, "toy", *SIX), _command(tmp, "resumed", 1, "toy", *SIX)]
-    )
-    processes.run_together(
-        [_command(tmp, "one", 1, "toy", *three), _command(tmp, "eight", 8, "toy", *three)]
     )
     straight, resumed = _result(tmp, "toy_straight"), _result(tmp, "resumed")
     return tmp, straight, resumed, (_result(tmp, "one"), _result(tmp, "eight"))
