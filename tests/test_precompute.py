@@ -515,3 +515,48 @@ def test_backbone_stages_refused_or_missing_are_clear_errors(tmp_path, stored):
     hl = trainer.learner_of(h)
     with pytest.raises(ValueError, match="learner 'hsnet' reads no precomputed backbone"):
         precompute.reader(h, hl, hl.make_config(**h.model.to_dict()), 1)
+
+
+def test_a_dinov2_backbone_stores_its_layer3_prefix_tokens(tmp_path):
+    """A ViT's references continue layer4 from their class/register tokens: they are a
+    stored stage too, and the shot features on stored stages equal the backbone's."""
+    import jax
+
+    from jaxvrp import backbones, trainer
+    from tests.learners.common import SAM, make_batch
+
+    config = _config(tmp_path, feature_cache=str(tmp_path / "f"), backbone_features=True)
+    config.model.backbone = "dinov2_test"
+    learner = trainer.learner_of(config)
+    lconfig = learner.make_config(**config.model.to_dict())
+    stages = precompute.backbone_stages(config, learner, lconfig)
+    assert stages["support"] == ("layer2", "layer3", "layer3_prefix")
+    shapes = precompute.backbone_feature_shapes(config, learner, lconfig)
+    d = lconfig.backbone.embed_dim
+    assert shapes["support_features/layer3_prefix"] == (
+        1,
+        1 + lconfig.backbone.num_register_tokens,
+        d,
+    )
+    assert shapes["query_features/layer4"][-1] == d
+
+    bb = vrp.make_config("dinov2_test", SAM).backbone
+    params = jax.jit(lambda k: backbones.init(k, bb))(jax.random.key(0))
+    batch = make_batch(b=2, k=2, seed=1)
+    stage = jax.jit(
+        lambda p, x: vrp.stored_stages(p, x, bb, (*vrp.QUERY_STAGES, vrp.SUPPORT_PREFIX))
+    )
+    images = np.concatenate([batch["query_image"], batch["support_images"].reshape(4, 64, 64, 3)])
+    both = stage(params, images)  # one compile for the queries and the references
+    q, r = ({s: v[sl] for s, v in both.items()} for sl in (slice(0, 2), slice(2, 6)))
+    with_stages = {
+        **batch,
+        **{f"query_features/{s}": q[s] for s in vrp.QUERY_STAGES},
+        **{f"support_features/{s}": r[s].reshape(2, 2, *r[s].shape[1:]) for s in stages["support"]},
+    }
+    shots = jax.jit(lambda p, b: vrp.shot_features({"backbone": p}, b, lconfig))
+    for a, b in zip(shots(params, batch), shots(params, with_stages), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    missing = {k: v for k, v in with_stages.items() if k != "support_features/layer3_prefix"}
+    with pytest.raises(KeyError, match="layer3_prefix"):
+        shots(params, missing)
