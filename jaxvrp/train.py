@@ -180,6 +180,7 @@ def compile_only(config) -> dict:
         "learner_params": count(state.params),
         "frozen_params": count(frozen),
         "precomputed_query_embedding": "query_embedding" in spec,
+        "precomputed_backbone_stages": sorted(k for k in spec if "_features/" in k),
     }
     for field in (
         "argument_size_in_bytes",
