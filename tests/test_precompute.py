@@ -294,7 +294,7 @@ def test_stored_stages_are_the_backbone_output_of_the_episode_image(stored):
     config, first, second = stored
     n = len(datasets.source(config, "procedural", "test"))
     assert first["computed"] == 0 and first["skipped"] == n  # the SAM's: all there
-    assert first["backbone"]["computed"] == n and first["backbone"]["encoder_calls"] == n // 8
+    assert first["backbone"]["computed"] == n and first["backbone"]["encoder_calls"] == -(-n // 8)
     assert second["backbone"] == {"computed": 0, "skipped": n, "encoder_calls": 0, "bytes": 0}
     stages, stores = _stage_stores(config)
     assert stages == {"query": ("layer2", "layer3", "layer4"), "support": ("layer2", "layer3")}
