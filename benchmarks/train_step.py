@@ -1,16 +1,20 @@
-"""Seconds per training step of a demo learner, with the frozen SAM encoder in the step and
-on a precomputed query embedding, in the same run.
+"""Seconds per training step of a demo learner, with the frozen SAM encoder in the step, on
+a precomputed query embedding, and on precomputed SAM + backbone features, in the same run.
 
     python benchmarks/train_step.py --method VRP-SAM --steps 20 --repeats 3
+    python benchmarks/train_step.py --size issue --steps 2 --repeats 1   # SAM vit_b, R50, 512
 
 The method's config is the demo's (`configs/demo.py` via `jaxvrp.demo.method_configs`: the
 embedded SAM `tiny_128`, its encoder as the backbone, 128 px, batch 8), on every local
-device; the batch is one prefetched batch of the procedural benchmark (the data pipeline is
-not timed). "precomputed" adds the batch's `query_embedding` (computed once, as
-`jaxvrp.precompute` stores it) so the step skips the query's SAM embedding; the backbone
-still runs. Prints JSON: compile seconds and the median seconds per step over `--repeats`
-runs of `--steps` steps, and their ratio. Use it to compare commits (same machine, same
-run of this script per commit).
+device; `--size issue` is instead configs/vrp_sam.py with SAM vit_b, the deep-stem ResNet-50,
+512 px, batch 2, 1-shot masks, random weights (issue 16's step). The batch is one prefetched
+batch of the procedural benchmark (the data pipeline is not timed). "precomputed" adds the
+batch's `query_embedding` (computed once, as `jaxvrp.precompute` stores it) so the step
+skips the query's SAM embedding; the backbone still runs. "precomputed_backbone" also adds
+the backbone's stored stages (`data.backbone_features`: the query's layer2-4, the
+references' layer2-3), so only each reference's layer4 runs. Prints JSON: compile seconds
+and the median seconds per step over `--repeats` runs of `--steps` steps, and the ratios.
+Use it to compare commits (same machine, same run of this script per commit).
 """
 
 import argparse
@@ -30,21 +34,34 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-dir", default="")
+    p.add_argument("--size", choices=["demo", "issue"], default="demo")
     args = p.parse_args()
 
     from configs import demo as demo_config
     from jaxvrp import assets, demo, loop, trainer
     from jaxvrp import frozen as frozen_lib
     from jaxvrp.data import datasets
-    from jaxvrp.learners import frozen_sam
+    from jaxvrp.learners import frozen_sam, vrp
 
     out = Path(args.data_dir or tempfile.mkdtemp())
-    cfgs = demo.method_configs(demo_config.get_config(), out, assets.default_sam_dir(), steps=None)
-    if args.method not in cfgs:
-        raise SystemExit(f"--method {args.method!r}: one of {sorted(cfgs)}")
-    config = cfgs[args.method]
+    if args.size == "issue":
+        from configs import vrp_sam
+
+        config = vrp_sam.get_config("runlocal")
+        config.model.sam, config.model.backbone = "vit_b", "resnet50_deepstem"
+        config.model.num_queries = 50
+        config.data.image_size, config.batch_size = 512, 2
+        config.data.annotation, config.data.shots = "mask", 1
+        args.method = "VRP-SAM"
+    else:
+        cfgs = demo.method_configs(
+            demo_config.get_config(), out, assets.default_sam_dir(), steps=None
+        )
+        if args.method not in cfgs:
+            raise SystemExit(f"--method {args.method!r}: one of {sorted(cfgs)}")
+        config = cfgs[args.method]
     with config.unlocked():
-        config.data.procedural_config = "small"  # only for the batch: resized to 128 px
+        config.data.procedural_config = "small"  # only for the batch: resized to the size
         config.data.data_dir = str(out / "tfds")
     learner = trainer.learner_of(config)
     if not learner.trainable:
@@ -60,6 +77,7 @@ def main() -> None:
     schedule = trainer.lr_schedule(config, total)
     report = {
         "method": args.method,
+        "size": args.size,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
         "batch_size": config.batch_size,
@@ -73,6 +91,19 @@ def main() -> None:
             frozen["sam"], inputs["query_image"]
         )
         batches["precomputed"] = {**inputs, "query_embedding": np.asarray(emb)}
+    if spec.backbone is not None and "query_features/layer4" in learner.batch_keys:
+        bb, (b, k) = spec.backbone, inputs["support_images"].shape[:2]
+        stages = jax.jit(lambda p, x: vrp.stored_stages(p, x, bb, vrp.QUERY_STAGES))
+        refs = inputs["support_images"].reshape(b * k, *inputs["support_images"].shape[2:])
+        q, r = stages(frozen["backbone"], inputs["query_image"]), stages(frozen["backbone"], refs)
+        batches["precomputed_backbone"] = {
+            **batches["precomputed"],
+            **{f"query_features/{n}": np.asarray(v) for n, v in q.items()},
+            **{
+                f"support_features/{n}": np.asarray(r[n]).reshape(b, k, *r[n].shape[1:])
+                for n in vrp.support_stages(bb)
+            },
+        }
     for name, host_batch in batches.items():
         batch = loop.global_batch(host_batch, batch_sharding)
         step = trainer.compile_train_step(
@@ -91,10 +122,9 @@ def main() -> None:
 
         report[f"{name}_step_s"] = seconds_per_call(one, args.steps, args.repeats, warmup=False)
         print(json.dumps({k: v for k, v in report.items() if k.startswith(name)}), flush=True)
-    if "precomputed_step_s" in report:
-        report["speedup_precomputed"] = (
-            report["encoder_in_step_step_s"] / report["precomputed_step_s"]
-        )
+    for name in ("precomputed", "precomputed_backbone"):
+        if f"{name}_step_s" in report:
+            report[f"speedup_{name}"] = report["encoder_in_step_step_s"] / report[f"{name}_step_s"]
     print(json.dumps(report, indent=1))
 
 

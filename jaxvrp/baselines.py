@@ -142,6 +142,7 @@ GP_SAM = registry.register(
         apply=gp_sam,
         frozen=lambda c: vrp.frozen_spec(c.vrp),
         module=__name__,
+        batch_keys=vrp.BACKBONE_FEATURE_KEYS,  # precomputed stages (vrp.shot_features)
     )
 )
 ORACLE_BOX = registry.register(

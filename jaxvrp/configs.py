@@ -93,6 +93,10 @@ def base(learner: str, values: dict, runlocal: bool) -> ml_collections.ConfigDic
     c.data.feature_cache = ""
     c.data.precompute = False
     c.data.feature_dtype = "float32"
+    # Also precompute the frozen backbone's annotation-independent stages into
+    # `feature_cache` (VRP-SAM, ProSAM, GP-SAM: the query's layer2-4, each reference's
+    # layer2-3; ~59 MB per image for ResNet-50 at 512 px in float32, docs/training.md).
+    c.data.backbone_features = False
     # Seed of the episode sampler; -1 = `seed` (as before this key existed). Separate from
     # `seed` so that vmapped members of different seeds can share one data order
     # (docs/sweeps.md). A sentinel, not a FieldReference to `seed`: setting a

@@ -30,8 +30,28 @@ bf16 (`model.sam_dtype = "bfloat16"`), where it is exact: the encoder's output i
 float32 (`jaxvrp.sam.model.Sam.encode_image`). A float32 SAM stored in bf16 would change the
 results, and is refused.
 
-The backbone's annotation-independent features (the query's stages, the support's stages
-before masking) are not precomputed yet: the learners still run their backbone in the step.
+Backbone stages (`config.data.backbone_features = True`, opt-in: they are large): the frozen
+backbone's annotation-independent features, for the learners on `vrp.shot_features`
+(VRP-SAM, ProSAM, GP-SAM, which declare the `query_features/<stage>` batch keys): the
+query's layer2, layer3, layer4 and each reference's layer2, layer3 (its layer4 runs on the
+annotation-masked layer3, so it stays in the step), plus a DINOv2's `layer3_prefix` class /
+register tokens, which its layer4 continues from. The query's and a reference's stages of
+a record are the same arrays, so each record stores each stage once, one store per stage:
+
+    DIR/backbone_<stage>_<dataset>_<split>_<key hash>/<record>.npy   # (h, w, C)
+
+keyed by the format version, the backbone config (architecture, dtype), what fixes its
+weights (the sha256 of `config.frozen.backbone_checkpoint`, the seed of a random backbone,
+or the SAM's checkpoint id for a `sam_<variant>` backbone, which takes the SAM's encoder
+weights), the episode image size and the backbone's input size (`vrp.backbone_input`), the
+storage dtype ("bfloat16" only for a bf16 backbone) and the build fingerprint. Size: ResNet-50
+dilated at 512 px has layer2 512 + layer3 1024 + layer4 2048 channels at 64 x 64, 59 MB
+(56 MiB) per record in float32, 14x the ViT-H SAM embedding. The same pass writes them
+(after the SAM embeddings, printing both sizes first; resumable and split over hosts the
+same way); `QueryEmbeddings` adds `query_features/<stage>` (B, h, w, C) of `query_record`
+and `support_features/<stage>` (B, K, h, w, C) of the episodes' `support_records` to the
+host batch. Learners that read other stages (HSNet and SAMIC read every bottleneck) or no
+backbone are refused with an error naming them (`backbone_stages`).
 """
 
 import hashlib
@@ -43,6 +63,7 @@ import numpy as np
 from absl import logging
 
 from jaxvrp import paths
+from jaxvrp.learners.protocol import FrozenSpec
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float32", "bfloat16")
@@ -162,9 +183,11 @@ def _fingerprint(config, dataset: str, split: str) -> str:
 
 
 class FeatureStore:
-    """One (dataset, split, key)'s entries: `<record>.npy`, (h, w, C) float32 on read."""
+    """One (dataset, split, key)'s entries: `<record>.npy`, (h, w, C) float32 on read, in
+    the directory `<prefix>_<dataset>_<split>_<key hash>` ("sam" for SAM embeddings,
+    "backbone_<stage>" for a backbone stage)."""
 
-    def __init__(self, root, key: dict, shape: tuple[int, ...]) -> None:
+    def __init__(self, root, key: dict, shape: tuple[int, ...], prefix: str = "sam") -> None:
         root = paths.as_path(root)
         if root.exists() and not root.is_dir():
             raise NotADirectoryError(f"feature cache {root} exists and is not a directory")
@@ -172,7 +195,7 @@ class FeatureStore:
         blob = json.dumps(key, sort_keys=True).encode()
         digest = hashlib.sha256(blob).hexdigest()[:16]
         self.key, self.shape, self.dtype = key, tuple(shape), key["storage_dtype"]
-        self.dir = root / f"sam_{key['dataset']}_{key['split']}_{digest}"
+        self.dir = root / f"{prefix}_{key['dataset']}_{key['split']}_{digest}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -248,6 +271,143 @@ def sam_store(config, sam, dataset: str, split: str, root=None) -> FeatureStore:
     return FeatureStore(root, sam_key(config, sam, dataset, split), embedding_shape(sam))
 
 
+# ---------------------------------------------------------------- backbone stages
+
+
+def backbone_checkpoint_id(config, spec) -> str:
+    """What fixes the frozen backbone's weights: the SAM's (`sam_checkpoint_id`) for a
+    `sam_<variant>` backbone, which takes the SAM's encoder weights (`jaxvrp.frozen`); else
+    the sha256 of `config.frozen.backbone_checkpoint`, or the seed of the random backbone."""
+    if spec.backbone_is_sam_encoder:
+        return "sam_encoder:" + sam_checkpoint_id(config)
+    ckpt = config.frozen.backbone_checkpoint
+    if ckpt:
+        return "sha256:" + sha256_of_checkpoint(ckpt)
+    return f"random:frozen.seed={int(config.frozen.seed)}"
+
+
+def backbone_storage_dtype(config, bb) -> str:
+    """`config.data.feature_dtype` for backbone stages: "bfloat16" only for a backbone that
+    computes in bf16 (exact), as for the SAM."""
+    dtype = config.data.get("feature_dtype", "float32")
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"config.data.feature_dtype must be one of {STORAGE_DTYPES}: {dtype!r}")
+    if dtype == "bfloat16" and getattr(bb, "dtype", "float32") != "bfloat16":
+        raise ValueError(
+            "config.data.feature_dtype='bfloat16' with config.data.backbone_features=True "
+            f"would store a {getattr(bb, 'dtype', 'float32')} backbone's stages lossily; use "
+            "feature_dtype='float32' (exact for both the SAM embedding and the stages)"
+        )
+    return dtype
+
+
+def _backbone_input_size(bb, image_size: int) -> list[int]:
+    from jaxvrp.learners import vrp
+
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    return list(jax.eval_shape(lambda i: vrp.backbone_input_of(i, bb), x).shape[1:3])
+
+
+def backbone_shapes(bb, image_size: int, stages) -> dict[str, tuple[int, ...]]:
+    """{stage: per-record shape} of `stages` of backbone config `bb` on an episode image of
+    `image_size` (nothing computed)."""
+    from jaxvrp import backbones
+    from jaxvrp.learners import vrp
+
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    out = jax.eval_shape(
+        lambda p, i: backbones.apply(p, vrp.backbone_input_of(i, bb), config=bb),
+        backbones.param_shapes(bb),
+        x,
+    )
+    return {s: tuple(out[s].shape[1:]) for s in stages}
+
+
+def backbone_key(config, spec, stage: str, dataset: str, split: str) -> dict:
+    """The key of backbone stage `stage` of (dataset, split) under `config`; `spec` is the
+    learner's `FrozenSpec` (its backbone config; the SAM's, for a `sam_<variant>`)."""
+    from jaxvrp import backbones
+
+    bb = spec.backbone
+    size = int(config.data.image_size)
+    return {
+        "format": FORMAT_VERSION,
+        "kind": "backbone_stage",
+        "stage": stage,
+        "backbone_config": backbones.config_to_dict(bb),
+        "backbone_checkpoint": backbone_checkpoint_id(config, spec),
+        "image_size": size,
+        "backbone_input": _backbone_input_size(bb, size),
+        "storage_dtype": backbone_storage_dtype(config, bb),
+        "dataset": dataset,
+        "split": split,
+        "build": _fingerprint(config, dataset, split),
+    }
+
+
+def backbone_stores(config, spec, stages, dataset: str, split: str, root=None) -> dict:
+    """{stage: FeatureStore} of (dataset, split)'s backbone `stages` under `root` (default
+    `config.data.feature_cache`), one directory `backbone_<stage>_<dataset>_<split>_<hash>`
+    per stage."""
+    root = root or config.data.get("feature_cache", "")
+    if not root:
+        raise ValueError("config.data.feature_cache is empty: no feature store to open")
+    shapes = backbone_shapes(spec.backbone, int(config.data.image_size), stages)
+    return {
+        s: FeatureStore(
+            root, backbone_key(config, spec, s, dataset, split), shapes[s], f"backbone_{s}"
+        )
+        for s in stages
+    }
+
+
+def backbone_stages(config, learner, lconfig) -> dict[str, tuple[str, ...]] | None:
+    """{"query": stages, "support": stages} of the frozen backbone to precompute and serve
+    for `learner` when `config.data.backbone_features`, else None. Served: the learners that
+    read `vrp.shot_features` (they declare `query_features/<stage>` batch keys: VRP-SAM,
+    ProSAM, GP-SAM); the others (HSNet and SAMIC read every bottleneck, PerSAM etc. no
+    backbone) are refused, naming the learner."""
+    if not config.data.get("backbone_features", False):
+        return None
+    if not config.data.get("feature_cache", ""):
+        raise ValueError("config.data.backbone_features=True needs config.data.feature_cache=DIR")
+    spec = learner.frozen(lconfig)
+    declared = {
+        role: tuple(k.split("/", 1)[1] for k in learner.batch_keys if k.startswith(f"{role}_"))
+        for role in ("query", "support")
+    }
+    if spec.backbone is None or not declared["query"]:
+        raise ValueError(
+            f"config.data.backbone_features=True: learner {learner.name!r} reads no "
+            "precomputed backbone stages (served: the learners on vrp.shot_features, e.g. "
+            "vrp_sam, prosam, gp_sam); set data.backbone_features=False"
+        )
+    from jaxvrp.learners import vrp
+
+    # the declared stages this backbone has (a DINOv2's layer3 prefix tokens, not a ResNet's)
+    support = tuple(s for s in declared["support"] if s in vrp.support_stages(spec.backbone))
+    return {"query": declared["query"], "support": support}
+
+
+def backbone_feature_shapes(config, learner, lconfig) -> dict[str, tuple[int, ...]]:
+    """{batch key: per-example shape} of the stages `BatchFeatures` adds: (h, w, C) for
+    `query_features/<stage>`, (K, h, w, C) for `support_features/<stage>`; {} when
+    `config.data.backbone_features` is off."""
+    stages = backbone_stages(config, learner, lconfig)
+    if stages is None:
+        return {}
+    bb = learner.frozen(lconfig).backbone
+    shapes = backbone_shapes(bb, int(config.data.image_size), _all(stages))
+    k = int(config.data.shots)
+    out = {f"query_features/{s}": shapes[s] for s in stages["query"]}
+    out.update({f"support_features/{s}": (k, *shapes[s]) for s in stages["support"]})
+    return out
+
+
+def _all(stages: dict) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*stages["query"], *stages["support"])))
+
+
 # ---------------------------------------------------------------- the pass
 
 
@@ -264,9 +424,25 @@ def splits_of(config, which=(0, 1)) -> list[tuple[str, str]]:
     return out
 
 
-def _encode(fn, sam_params, images: np.ndarray, sharding) -> np.ndarray:
-    """One encoder call on this host's devices: (B, S, S, 3) -> (B, h, w, C) numpy."""
-    return np.asarray(fn(sam_params, jax.device_put(images, sharding)))
+def _encode(fn, params, images: np.ndarray, sharding):
+    """One encoder call on this host's devices: (B, S, S, 3) -> (B, ...) numpy (a dict of
+    them for the backbone's stages)."""
+    return jax.tree.map(np.asarray, fn(params, jax.device_put(images, sharding)))
+
+
+def _plan(stores_by_split, p: int, n: int, config) -> tuple[list, list]:
+    """[(stores, src, missing, mine)] per split and the flat todo [(stores, src, record)]:
+    this host's records missing from any of a split's stores ({name: FeatureStore})."""
+    from jaxvrp.data import datasets
+
+    splits, todo = [], []
+    for (dataset, split), stores in stores_by_split:
+        src = datasets.source(config, dataset, split)
+        mine = range(p, len(src), n)
+        missing = [r for r in mine if not all(st.has(r) for st in stores.values())]
+        splits.append((stores, src, missing, len(mine)))
+        todo += [(stores, src, r) for r in missing]
+    return splits, todo
 
 
 def precompute(
@@ -279,117 +455,186 @@ def precompute(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> dict:
-    """Write the SAM embedding of every record of `splits_of(config, which)` missing from
+    """Write the SAM embedding (and, with `config.data.backbone_features`, the backbone's
+    stages, `backbone_stages`) of every record of `splits_of(config, which)` missing from
     `config.data.feature_cache`, `per_device_batch` images per local device and encoder
-    call; this host takes records p, p + n, .... Returns
-    {"computed", "skipped", "encoder_calls", "bytes"} of this host."""
+    call; this host takes records p, p + n, .... Returns {"computed", "skipped",
+    "encoder_calls", "bytes"} of this host's SAM embeddings, plus "backbone": the same of
+    its backbone stage sets (a record's stages count once) when they are on."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from jaxvrp import frozen as frozen_lib
     from jaxvrp import trainer
-    from jaxvrp.data import datasets, episodes
-    from jaxvrp.learners import frozen_sam
+    from jaxvrp.learners import frozen_sam, vrp
 
     learner = trainer.learner_of(config)
-    spec = learner.frozen(learner.make_config(**config.model.to_dict()))
-    if spec.sam is None:
-        logging.info("%s prompts no SAM: no embeddings to precompute", learner.name)
-        return {"computed": 0, "skipped": 0, "encoder_calls": 0, "bytes": 0}
+    lconfig = learner.make_config(**config.model.to_dict())
+    spec = learner.frozen(lconfig)
+    stages = backbone_stages(config, learner, lconfig)
     p = jax.process_index() if process_index is None else process_index
     n = jax.process_count() if process_count is None else process_count
-    stores, todo = [], []
-    for dataset, split in splits_of(config, which):
-        store = sam_store(config, spec.sam, dataset, split)
-        src = datasets.source(config, dataset, split)
-        mine = range(p, len(src), n)
-        missing = [r for r in mine if not store.has(r)]
-        stores.append((store, src, missing, len(mine)))
-        todo += [(store, src, r) for r in missing]
-    total_bytes = sum(s.entry_bytes() * len(m) for s, _, m, _ in stores)
-    if p == 0 or process_index is not None:
-        for store, _, missing, mine in stores:
+    jobs = []  # (name, what, splits, todo, params key, fn)
+    if spec.sam is None:
+        logging.info("%s prompts no SAM: no embeddings to precompute", learner.name)
+    else:
+        by_split = [
+            (ds, {"sam": sam_store(config, spec.sam, *ds)}) for ds in splits_of(config, which)
+        ]
+        fn = lambda prm, x: {"sam": frozen_sam.image_embeddings(prm["sam"], x, spec.sam)}
+        jobs.append(("sam", "SAM embeddings", *_plan(by_split, p, n, config), fn))
+    if stages is not None:
+        names = _all(stages)
+        by_split = [
+            (ds, backbone_stores(config, spec, names, *ds)) for ds in splits_of(config, which)
+        ]
+        fn = lambda prm, x: vrp.stored_stages(prm["backbone"], x, spec.backbone, names)
+        what = f"backbone stage sets ({', '.join(names)})"
+        jobs.append(("backbone", what, *_plan(by_split, p, n, config), fn))
+    if p == 0 or process_index is not None:  # every size before anything is computed
+        for _, what, splits, todo, _ in jobs:
+            for stores, _, missing, mine in splits:
+                for store in stores.values():
+                    print(
+                        f"precompute: {store.dir}: {mine - len(missing)} of {mine} entries "
+                        f"present, {len(missing)} to write "
+                        f"({len(missing) * store.entry_bytes() / 2**20:.1f} MiB)",
+                        file=sys.stderr,
+                    )
+            total = sum(_bytes(st) * len(m) for st, _, m, _ in splits)
             print(
-                f"precompute: {store.dir}: {mine - len(missing)} of {mine} entries present, "
-                f"{len(missing)} to write ({len(missing) * store.entry_bytes() / 2**20:.1f} MiB)",
+                f"precompute: writing {len(todo)} {what}, {total / 2**30:.3f} GiB on disk "
+                "(this host)",
                 file=sys.stderr,
             )
-        print(
-            f"precompute: writing {len(todo)} SAM embeddings, {total_bytes / 2**30:.3f} GiB "
-            f"on disk (this host)",
-            file=sys.stderr,
-        )
-    stats = {"computed": 0, "skipped": sum(m - len(x) for _, _, x, m in stores)}
-    stats.update(encoder_calls=0, bytes=total_bytes)
-    if not todo:
-        return stats
-    if frozen is None:
-        frozen = frozen_lib.load(config, frozen_lib.FrozenSpec(sam=spec.sam))
-    # this host's devices only: records are independent, so hosts need no collective
-    mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    sam_params = jax.device_put(frozen["sam"], replicated)
-    fn = jax.jit(
-        lambda prm, x: frozen_sam.image_embeddings(prm, x, spec.sam),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=batch_sharding,
-    )
+    out = {}
+    for name, _, splits, _, _ in jobs:
+        out[name] = {"computed": 0, "skipped": sum(m - len(x) for _, _, x, m in splits)}
+        out[name].update(encoder_calls=0, bytes=sum(_bytes(st) * len(m) for st, _, m, _ in splits))
+    if any(todo for _, _, _, todo, _ in jobs):
+        if frozen is None:
+            frozen = frozen_lib.load(config, spec if stages is not None else FrozenSpec(spec.sam))
+        # this host's devices only: records are independent, so hosts need no collective
+        mesh = Mesh(np.array(jax.local_devices()), ("data",))
+        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        for name, _, _, todo, fn in jobs:
+            if todo:
+                keys = ("sam", "backbone") if name == "backbone" else ("sam",)
+                params = jax.device_put({k: frozen[k] for k in keys if k in frozen}, replicated)
+                jitted = jax.jit(
+                    fn, in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding
+                )
+                _run(
+                    config,
+                    jitted,
+                    params,
+                    todo,
+                    batch_sharding,
+                    per_device_batch,
+                    progress,
+                    out[name],
+                    name,
+                )
+    empty = {"computed": 0, "skipped": 0, "encoder_calls": 0, "bytes": 0}
+    stats = dict(out.get("sam", empty))
+    if "backbone" in out:
+        stats["backbone"] = out["backbone"]
+    return stats
+
+
+def _bytes(stores: dict) -> int:
+    return sum(st.entry_bytes() for st in stores.values())
+
+
+def _run(config, fn, params, todo, sharding, per_device_batch, progress, stats, name) -> None:
+    """Compute and write `todo` [(stores, src, record)] in fixed-size chunks."""
+    from jaxvrp.data import episodes
+
     bsz = per_device_batch * len(jax.local_devices())
     size = int(config.data.image_size)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="precompute", unit="image", file=sys.stderr)
+        bar = tqdm(total=len(todo), desc=f"precompute {name}", unit="image", file=sys.stderr)
     try:
         for start in range(0, len(todo), bsz):
             chunk = todo[start : start + bsz]
             images = [episodes.load_example(src, r, 0, size)[0] for _, src, r in chunk]
             images += [images[-1]] * (bsz - len(chunk))  # a fixed shape: one compile
-            emb = _encode(fn, sam_params, np.stack(images), batch_sharding)
+            values = _encode(fn, params, np.stack(images), sharding)
             stats["encoder_calls"] += 1
-            for (store, _, r), e in zip(chunk, emb, strict=False):
-                store.put(r, e)
+            for i, (stores, _, r) in enumerate(chunk):
+                for key, store in stores.items():
+                    store.put(r, values[key][i])
                 stats["computed"] += 1
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    return stats
 
 
 # ---------------------------------------------------------------- steps read them
 
 
 class QueryEmbeddings:
-    """Host-side lookup of a split's precomputed query embeddings, added to host batches as
-    `query_embedding` (B, h, w, C) before they are sharded: the step stays a pure function
-    of its inputs (the learners read `query_embedding` when present,
-    `jaxvrp.learners.frozen_sam.query_embeddings`), and each host reads only its own
-    batch's records."""
+    """Host-side lookup of a split's precomputed features, added to host batches before
+    they are sharded: `query_embedding` (B, h, w, C) of `query_record`, and with `stages`
+    ({"query": ..., "support": ...}, `backbone_stages`) the backbone's
+    `query_features/<stage>` (B, h, w, C) and, of `support_records` (B, K),
+    `support_features/<stage>` (B, K, h, w, C). The step stays a pure function of its
+    inputs (the learners read them when present: `frozen_sam.query_embeddings`,
+    `vrp.shot_features`), and each host reads only its own batch's records."""
 
-    def __init__(self, config, sam, which: int) -> None:
+    def __init__(self, config, sam, which: int, spec=None, stages=None) -> None:
         from jaxvrp.data import datasets
 
         dataset, split, _ = datasets.plan(config)[which]
-        self.store = sam_store(config, sam, dataset, split)
+        self.store = sam_store(config, sam, dataset, split) if sam is not None else None
+        self.stages = stages
+        self.backbone = {}
+        if stages is not None:
+            self.backbone = backbone_stores(config, spec, _all(stages), dataset, split)
 
     def __call__(self, batch: dict) -> dict:
-        return {**batch, "query_embedding": self.store.get_many(batch["query_record"])}
+        out = dict(batch)
+        if self.store is not None:
+            out["query_embedding"] = self.store.get_many(batch["query_record"])
+        if self.stages is None:
+            return out
+        for s in self.stages["query"]:
+            out[f"query_features/{s}"] = self.backbone[s].get_many(batch["query_record"])
+        if self.stages["support"] and "support_records" not in batch:
+            raise KeyError(
+                "precomputed backbone features need batch['support_records'] (B, K), the "
+                "references' record ids (jaxvrp.data.episodes)"
+            )
+        refs = np.asarray(batch.get("support_records", np.zeros((0, 0), np.int64)))
+        for s in self.stages["support"]:
+            store = self.backbone[s]
+            values = store.get_many(refs.reshape(-1))
+            out[f"support_features/{s}"] = values.reshape(*refs.shape, *store.shape)
+        return out
 
 
 def reader(config, learner, lconfig, which: int, frozen=None):
     """`QueryEmbeddings` of the config's training (`which` 0) or evaluation (1) split when
-    `config.data.feature_cache` is set and the learner prompts a SAM, else None; runs
-    `precompute` first when `config.data.precompute` (with the host tree `frozen` if given,
-    and a barrier after it: a host reads entries other hosts wrote)."""
+    `config.data.feature_cache` is set and the learner prompts a SAM (or is served
+    backbone stages, `config.data.backbone_features`), else None; runs `precompute` first
+    when `config.data.precompute` (with the host tree `frozen` if given, and a barrier
+    after it: a host reads entries other hosts wrote)."""
     if not config.data.get("feature_cache", ""):
         if config.data.get("precompute", False):
             raise ValueError("config.data.precompute=True needs config.data.feature_cache=DIR")
+        if config.data.get("backbone_features", False):
+            raise ValueError(
+                "config.data.backbone_features=True needs config.data.feature_cache=DIR"
+            )
         return None
     spec = learner.frozen(lconfig)
-    if spec.sam is None:
+    stages = backbone_stages(config, learner, lconfig)  # refuses a learner it cannot serve
+    if spec.sam is None and stages is None:
         return None
     if config.data.get("precompute", False):
         precompute(config, frozen=frozen, progress=jax.process_index() == 0, which=(which,))
@@ -397,7 +642,7 @@ def reader(config, learner, lconfig, which: int, frozen=None):
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("jaxvrp.precompute")
-    return QueryEmbeddings(config, spec.sam, which)
+    return QueryEmbeddings(config, spec.sam, which, spec, stages)
 
 
 def main(argv) -> None:

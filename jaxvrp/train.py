@@ -126,7 +126,9 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of a global training batch (the standard `trainer.MODEL_INPUTS` and the
     episode numbers the step's rngs are keyed by), with the precomputed `query_embedding`
     (float32 (B, h, w, C), what `precompute.QueryEmbeddings` adds) when the config trains on
-    a feature store (`config.data.feature_cache`) and the learner prompts a SAM."""
+    a feature store (`config.data.feature_cache`) and the learner prompts a SAM, and the
+    backbone's `query_features/<stage>` (B, h, w, C) and `support_features/<stage>`
+    (B, K, h, w, C) with `config.data.backbone_features`."""
     b, k, s = config.batch_size, config.data.shots, config.data.image_size
     f32 = np.float32
     spec = {
@@ -143,6 +145,9 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
         if sam is not None:
             shape = precompute.embedding_shape(sam)
             spec["query_embedding"] = jax.ShapeDtypeStruct((b, *shape), f32)
+        lconfig = learner.make_config(**config.model.to_dict())
+        for key, shape in precompute.backbone_feature_shapes(config, learner, lconfig).items():
+            spec[key] = jax.ShapeDtypeStruct((b, *shape), f32)
     return spec
 
 
@@ -175,6 +180,7 @@ def compile_only(config) -> dict:
         "learner_params": count(state.params),
         "frozen_params": count(frozen),
         "precomputed_query_embedding": "query_embedding" in spec,
+        "precomputed_backbone_stages": sorted(k for k in spec if "_features/" in k),
     }
     for field in (
         "argument_size_in_bytes",

@@ -96,7 +96,8 @@ def test_entries_are_the_encoder_output_of_the_episode_image(filled):
     np.testing.assert_allclose(store.get(5), want, rtol=1e-5, atol=1e-6)
 
 
-def test_evaluation_on_precomputed_features_is_identical(filled):
+def test_evaluation_on_precomputed_features_is_identical(filled, stored):
+    """The SAM embeddings alone, and with the backbone's stages (`stored`)."""
     tmp, config, *_ = filled
     logits = {}
 
@@ -110,13 +111,22 @@ def test_evaluation_on_precomputed_features_is_identical(filled):
     try:
         cached_config = _config(tmp, feature_cache=config.data.feature_cache, precompute=True)
         cached = evaluate.evaluate(cached_config, on_batch=keep("cached"))
+        with_stages = _config(
+            tmp,
+            feature_cache=config.data.feature_cache,
+            precompute=True,
+            backbone_features=True,
+        )
+        staged = evaluate.evaluate(with_stages, on_batch=keep("staged"))
     finally:
         precompute._encode = real
     assert not calls  # everything was already there
-    a, b = np.concatenate(logits["plain"]), np.concatenate(logits["cached"])
-    err = np.abs(a - b).max()
-    assert err <= 1e-5 * np.abs(a).max(), err
-    assert cached["per_class_iou"] == pytest.approx(plain["per_class_iou"], abs=1e-9)
+    a = np.concatenate(logits["plain"])
+    for name, result in (("cached", cached), ("staged", staged)):
+        b = np.concatenate(logits[name])
+        err = np.abs(a - b).max()
+        assert err <= 1e-5 * np.abs(a).max(), (name, err)
+        assert result["per_class_iou"] == pytest.approx(plain["per_class_iou"], abs=1e-9), name
 
 
 def _command(tmp, name, *overrides) -> list[str]:
@@ -125,19 +135,30 @@ def _command(tmp, name, *overrides) -> list[str]:
 
 
 def test_training_on_precomputed_features_gives_the_same_params(tmp_path):
-    """3 steps (float32, 1 device) with the encoder in the step and with the features
-    precomputed by the trainer itself (data.precompute=True); the two runs at once."""
+    """3 steps (float32, 1 device) with the encoder and the backbone in the step and with
+    the SAM embeddings and the backbone's stages precomputed by the trainer itself
+    (data.precompute=True, data.backbone_features=True); the two runs at once."""
     steps = ["epochs=1", "steps_per_epoch=3"]
     cache = f"data.feature_cache={tmp_path / 'features'}"
     processes.build_procedural(tmp_path / "tfds")
     processes.run_together(
         [
             _command(tmp_path, "plain", *steps),
-            _command(tmp_path, "cached", *steps, cache, "data.precompute=True"),
+            _command(
+                tmp_path,
+                "cached",
+                *steps,
+                cache,
+                "data.precompute=True",
+                "data.backbone_features=True",
+            ),
         ]
     )
     plain, cached = (dict(np.load(tmp_path / f"{n}.npz")) for n in ("plain", "cached"))
-    assert sorted((tmp_path / "features").glob("*/*.npy"))  # the trainer wrote them
+    written = {
+        p.parent.name.split("_procedural")[0] for p in (tmp_path / "features").glob("*/*.npy")
+    }
+    assert written == {"sam", "backbone_layer2", "backbone_layer3", "backbone_layer4"}
     keys = [k for k in plain if k != "losses"]
     assert keys and set(keys) == {k for k in cached if k != "losses"}
     # The encoder compiled apart from the step rounds differently in the last bit: the
@@ -239,3 +260,303 @@ def vrp_learner():
     from jaxvrp.learners import registry
 
     return registry.get("vrp_sam")
+
+
+# ---------------------------------------------------------------- backbone stages
+
+
+@pytest.fixture(scope="module")
+def stored(filled):
+    """The evaluation split's backbone stages written into `filled`'s store (its SAM
+    embeddings are all there: only the stages are computed), then a second pass."""
+    tmp, config, *_ = filled
+    bb_config = _config(tmp, feature_cache=config.data.feature_cache, backbone_features=True)
+    first = precompute.precompute(bb_config, progress=False, which=(1,))
+    second = precompute.precompute(bb_config, progress=False, which=(1,))
+    return bb_config, first, second
+
+
+def _stage_stores(config):
+    learner = vrp_learner()
+    lconfig = learner.make_config(**config.model.to_dict())
+    stages = precompute.backbone_stages(config, learner, lconfig)
+    spec = learner.frozen(lconfig)
+    return stages, precompute.backbone_stores(
+        config, spec, ("layer2", "layer3", "layer4"), "procedural", "test"
+    )
+
+
+def test_stored_stages_are_the_backbone_output_of_the_episode_image(stored):
+    from jaxvrp import backbones
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp.data import datasets, episodes
+
+    config, first, second = stored
+    n = len(datasets.source(config, "procedural", "test"))
+    assert first["computed"] == 0 and first["skipped"] == n  # the SAM's: all there
+    assert first["backbone"]["computed"] == n and first["backbone"]["encoder_calls"] == -(-n // 8)
+    assert second["backbone"] == {"computed": 0, "skipped": n, "encoder_calls": 0, "bytes": 0}
+    stages, stores = _stage_stores(config)
+    assert stages == {"query": ("layer2", "layer3", "layer4"), "support": ("layer2", "layer3")}
+    assert {s.dir.name.rsplit("_", 3)[0] for s in stores.values()} == {
+        "backbone_layer2",
+        "backbone_layer3",
+        "backbone_layer4",
+    }
+    lconfig = vrp_learner().make_config(**config.model.to_dict())
+    params = frozen_lib.load(config, vrp.frozen_spec(lconfig))["backbone"]
+    src = datasets.source(config, "procedural", "test")
+    for record in (0, 5, n - 1):
+        image = episodes.load_example(src, record, 0, config.data.image_size)[0]
+        want = backbones.apply(params, image[None], config=lconfig.backbone)
+        for stage, store in stores.items():
+            assert store.shape == want[stage].shape[1:]
+            np.testing.assert_allclose(store.get(record), want[stage][0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_reader_adds_query_and_support_stages_by_record(stored):
+    from jaxvrp.data import datasets
+
+    config, *_ = stored
+    learner = vrp_learner()
+    lconfig = learner.make_config(**config.model.to_dict())
+    read = precompute.reader(config, learner, lconfig, 1)
+    batch = next(iter(datasets.eval_episodes(config, 0, 1, 4)))
+    assert batch["support_records"].shape == (4, 1) and batch["support_records"].dtype == np.int64
+    out = read(batch)
+    _, stores = _stage_stores(config)
+    for s in ("layer2", "layer3", "layer4"):
+        np.testing.assert_array_equal(
+            out[f"query_features/{s}"], stores[s].get_many(batch["query_record"])
+        )
+    for s in ("layer2", "layer3"):
+        got = out[f"support_features/{s}"]
+        assert got.shape == (4, 1, *stores[s].shape)
+        np.testing.assert_array_equal(got[2, 0], stores[s].get(batch["support_records"][2, 0]))
+    assert "support_features/layer4" not in out  # the reference's layer4 runs in the step
+    from jaxvrp import train
+
+    spec = train.batch_spec(config)
+    for k, v in out.items():
+        if "_features/" in k:
+            assert spec[k].shape[1:] == v.shape[1:] and spec[k].dtype == v.dtype, k
+    with pytest.raises(KeyError, match="support_records"):
+        read({k: v for k, v in batch.items() if k != "support_records"})
+
+
+def _conv_inputs(jaxpr) -> list[tuple[int, ...]]:
+    """Input shapes of every convolution in a jaxpr and its sub-jaxprs."""
+    found = []
+
+    def walk(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                found.append(tuple(eqn.invars[0].aval.shape))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("name", ["vrp_sam", "prosam"])
+def test_stored_stages_give_the_same_output_and_run_only_the_support_layer4(name, monkeypatch):
+    """On random weights: the learner's logits with the stored stages in the batch equal
+    those with the backbone in the step (the losses: the training test below); the
+    backbone then runs once, layer4 only, on the masked references' layer3, and the
+    gradient's jaxpr has no convolution on 3-channel images (no stem) and lacks exactly the
+    convolutions of the query's full pass and of the references' layer0-3."""
+    import jax
+
+    from jaxvrp import backbones
+    from jaxvrp.learners import registry
+    from jaxvrp.sam import get_config as sam_config
+    from jaxvrp.sam import init as sam_init
+    from tests.learners.common import BACKBONE, SAM, make_batch
+
+    learner = registry.get(name)
+    lconfig = learner.make_config(backbone=BACKBONE, sam=SAM, num_queries=4)
+    # jitted: one compile each instead of op-by-op dispatch
+    params = jax.jit(lambda k: learner.init(k, lconfig))(jax.random.key(0))
+    frozen = {
+        "sam": jax.jit(lambda k: sam_init(k, sam_config(SAM)))(jax.random.key(1)),
+        "backbone": jax.jit(lambda k: backbones.init(k, backbones.get_config(BACKBONE)))(
+            jax.random.key(2)
+        ),
+    }
+    batch = make_batch(b=2, k=2, seed=3)
+    lconfig_vrp = lconfig.vrp if name == "prosam" else lconfig
+    bb = lconfig_vrp.backbone
+    stages = jax.jit(lambda p, x: vrp.stored_stages(p, x, bb, vrp.QUERY_STAGES))
+    query = stages(frozen["backbone"], batch["query_image"])
+    support = stages(frozen["backbone"], batch["support_images"].reshape(4, 64, 64, 3))
+    support = {s: support[s] for s in vrp.SUPPORT_STAGES}
+    emb = jax.jit(lambda p, x: vrp.sam_embeddings(p, x, lconfig_vrp))(
+        frozen["sam"], batch["query_image"]
+    )
+    emb = np.asarray(emb)
+    batch["query_embedding"] = emb  # both runs: only the backbone differs
+    with_stages = {
+        **batch,
+        **{f"query_features/{s}": np.asarray(v) for s, v in query.items()},
+        **{
+            f"support_features/{s}": np.asarray(v).reshape(2, 2, *v.shape[1:])
+            for s, v in support.items()
+        },
+    }
+    rng = jax.random.key(7)
+    apply = jax.jit(lambda p, b: learner.apply(p, frozen, b, config=lconfig, rng=rng))
+    la, lb = np.asarray(apply(params, batch)), np.asarray(apply(params, with_stages))
+    np.testing.assert_allclose(lb, la, rtol=0, atol=1e-5 * np.abs(la).max())
+
+    calls = []
+    real = backbones.apply
+    monkeypatch.setattr(
+        backbones, "apply", lambda p, x, **kw: calls.append((x.shape, kw)) or real(p, x, **kw)
+    )
+    grad = lambda b: jax.grad(lambda p: learner.loss_fn(p, frozen, b, config=lconfig, rng=rng)[0])
+    plain = jax.make_jaxpr(grad(batch))(params)
+    n_plain = len(calls)
+    calls.clear()
+    cached = jax.make_jaxpr(grad(with_stages))(params)
+    assert n_plain >= 3  # query, support to layer3, support layer4
+    assert len(calls) == 1, calls
+    shape, kw = calls[0]
+    assert kw["start"] == "layer4" and shape == (4, *support["layer3"].shape[1:])
+    assert any(s[-1] == 3 for s in _conv_inputs(plain.jaxpr))  # the stems, without stages
+    convs = _conv_inputs(cached.jaxpr)
+    assert not any(s[-1] == 3 for s in convs), convs
+    # exactly the query's full pass and the references' layer0-3 convolutions are gone
+    conv_count = lambda f, x: len(_conv_inputs(jax.make_jaxpr(f)(x).jaxpr))
+    q_convs = conv_count(lambda x: real(frozen["backbone"], x, config=bb), batch["query_image"])
+    s_convs = conv_count(
+        lambda x: real(frozen["backbone"], x, config=bb, stop="layer3"),
+        batch["support_images"].reshape(4, 64, 64, 3),
+    )
+    assert len(_conv_inputs(plain.jaxpr)) - len(convs) == q_convs + s_convs
+
+
+def test_a_changed_backbone_checkpoint_dtype_or_build_is_another_key(tmp_path, stored, monkeypatch):
+    import dataclasses
+
+    from jaxvrp import backbones
+    from jaxvrp.learners.protocol import FrozenSpec
+
+    config, *_ = stored
+    lconfig = vrp_learner().make_config(**config.model.to_dict())
+    spec = vrp.frozen_spec(lconfig)
+    dirs = lambda c, sp=spec: precompute.backbone_stores(c, sp, ("layer3",), "procedural", "test")[
+        "layer3"
+    ]
+    base = dirs(config)
+    assert base.has(0) and base.key["backbone_checkpoint"] == "random:frozen.seed=0"
+    assert base.key["backbone_input"] == [config.data.image_size] * 2
+    other = []
+    # the random backbone's seed
+    seeded = _config(tmp_path, feature_cache=config.data.feature_cache, backbone_features=True)
+    seeded.frozen.seed = 1
+    other.append(dirs(seeded))
+    # a checkpoint's bytes
+    ckpt = tmp_path / "backbone"
+    ckpt.mkdir()
+    (ckpt / "params.msgpack").write_bytes(b"weights" * 100)
+    with_ckpt = _config(tmp_path, feature_cache=config.data.feature_cache, backbone_features=True)
+    with_ckpt.frozen.backbone_checkpoint = str(ckpt)
+    other.append(dirs(with_ckpt))
+    (ckpt / "params.msgpack").write_bytes(b"weightz" * 100)
+    precompute._SHA_CACHE.clear()
+    other.append(dirs(with_ckpt))
+    # the backbone's compute dtype; bf16 storage only for a bf16 backbone
+    bf16 = FrozenSpec(spec.sam, dataclasses.replace(spec.backbone, dtype="bfloat16"))
+    other.append(dirs(config, bf16))
+    bf16_storage = _config(
+        tmp_path,
+        feature_cache=config.data.feature_cache,
+        backbone_features=True,
+        feature_dtype="bfloat16",
+    )
+    other.append(dirs(bf16_storage, bf16))
+    with pytest.raises(ValueError, match="float32 backbone's stages lossily"):
+        dirs(bf16_storage)
+    # a SAM-encoder backbone is keyed by the SAM's checkpoint
+    sam_bb = FrozenSpec(spec.sam, backbones.get_config("sam_test_small_image"))
+    assert dirs(config, sam_bb).key["backbone_checkpoint"].startswith("sam_encoder:random:")
+    # the dataset build
+    monkeypatch.setattr(precompute, "_fingerprint", lambda *a: "another build")
+    other.append(dirs(config))
+    assert len({base.dir, *(o.dir for o in other)}) == 1 + len(other)
+    assert not any(o.has(0) for o in other)
+
+
+def test_backbone_stages_refused_or_missing_are_clear_errors(tmp_path, stored):
+    from configs import hsnet
+
+    config, *_ = stored
+    learner = vrp_learner()
+    lconfig = learner.make_config(**config.model.to_dict())
+    empty = _config(tmp_path, feature_cache=str(tmp_path / "empty"), backbone_features=True)
+    read = precompute.reader(empty, learner, lconfig, 1)
+    batch = {"query_record": np.array([3]), "support_records": np.array([[4]])}
+    with pytest.raises(FileNotFoundError, match=r"no precomputed feature .*sam_procedural_test"):
+        read(batch)
+    read.store = None  # the stages alone
+    with pytest.raises(FileNotFoundError, match=r"backbone_layer2_procedural_test_\w+/3\.npy"):
+        read(batch)
+    with pytest.raises(ValueError, match="needs config.data.feature_cache"):
+        precompute.reader(_config(tmp_path, backbone_features=True), learner, lconfig, 1)
+    # HSNet reads every bottleneck: not served
+    h = hsnet.get_config("runlocal")
+    h.data.feature_cache, h.data.backbone_features = str(tmp_path / "h"), True
+    from jaxvrp import trainer
+
+    hl = trainer.learner_of(h)
+    with pytest.raises(ValueError, match="learner 'hsnet' reads no precomputed backbone"):
+        precompute.reader(h, hl, hl.make_config(**h.model.to_dict()), 1)
+
+
+def test_a_dinov2_backbone_stores_its_layer3_prefix_tokens(tmp_path):
+    """A ViT's references continue layer4 from their class/register tokens: they are a
+    stored stage too, and the shot features on stored stages equal the backbone's."""
+    import jax
+
+    from jaxvrp import backbones, trainer
+    from tests.learners.common import SAM, make_batch
+
+    config = _config(tmp_path, feature_cache=str(tmp_path / "f"), backbone_features=True)
+    config.model.backbone = "dinov2_test"
+    learner = trainer.learner_of(config)
+    lconfig = learner.make_config(**config.model.to_dict())
+    stages = precompute.backbone_stages(config, learner, lconfig)
+    assert stages["support"] == ("layer2", "layer3", "layer3_prefix")
+    shapes = precompute.backbone_feature_shapes(config, learner, lconfig)
+    d = lconfig.backbone.embed_dim
+    assert shapes["support_features/layer3_prefix"] == (
+        1,
+        1 + lconfig.backbone.num_register_tokens,
+        d,
+    )
+    assert shapes["query_features/layer4"][-1] == d
+
+    bb = vrp.make_config("dinov2_test", SAM).backbone
+    params = jax.jit(lambda k: backbones.init(k, bb))(jax.random.key(0))
+    batch = make_batch(b=2, k=2, seed=1)
+    stage = jax.jit(
+        lambda p, x: vrp.stored_stages(p, x, bb, (*vrp.QUERY_STAGES, vrp.SUPPORT_PREFIX))
+    )
+    images = np.concatenate([batch["query_image"], batch["support_images"].reshape(4, 64, 64, 3)])
+    both = stage(params, images)  # one compile for the queries and the references
+    q, r = ({s: v[sl] for s, v in both.items()} for sl in (slice(0, 2), slice(2, 6)))
+    with_stages = {
+        **batch,
+        **{f"query_features/{s}": q[s] for s in vrp.QUERY_STAGES},
+        **{f"support_features/{s}": r[s].reshape(2, 2, *r[s].shape[1:]) for s in stages["support"]},
+    }
+    shots = jax.jit(lambda p, b: vrp.shot_features({"backbone": p}, b, lconfig))
+    for a, b in zip(shots(params, batch), shots(params, with_stages), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    missing = {k: v for k, v in with_stages.items() if k != "support_features/layer3_prefix"}
+    with pytest.raises(KeyError, match="layer3_prefix"):
+        shots(params, missing)

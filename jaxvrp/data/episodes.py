@@ -29,7 +29,8 @@ arrays:
 - `support_images` (B, K, S, S, 3) float32, `support_masks` (B, K, S, S) float32 (the full
   masks), `support_annotations` (B, K, S, S) float32 (the simulated annotations),
 - `class_id` (B,) int32, `episode` (B,) int64, `query_record` (B,) int64 (the target's
-  record index, e.g. to cache its SAM embedding).
+  record index, e.g. to cache its SAM embedding), `support_records` (B, K) int64 (the
+  references' record indices, e.g. to read their precomputed backbone stages).
 """
 
 import dataclasses
@@ -203,6 +204,7 @@ def make_episode(
         "class_id": np.int32(c),
         "episode": np.int64(number),
         "query_record": np.int64(query),
+        "support_records": np.asarray(refs, np.int64).reshape(len(refs)),
     }
 
 

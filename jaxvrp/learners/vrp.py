@@ -17,6 +17,11 @@ Batch (all arrays, fixed shapes):
 - `support_annotations` (B, K, H, W): binary reference annotations (point / scribble / box /
   mask, see `jaxvrp.data.annotations`).
 - optional `query_embedding` (B, h, w, C): precomputed SAM image embeddings (a cache).
+- optional precomputed frozen-backbone stages (`BACKBONE_FEATURE_KEYS`, `jaxvrp.precompute`
+  with `data.backbone_features`): `query_features/<stage>` (B, h, w, C) for the query's
+  `QUERY_STAGES` and `support_features/<stage>` (B, K, h, w, C) for each reference's
+  `support_stages` (before the annotation masks layer3); the step then runs no backbone on
+  the query and only layer4 on each masked reference.
 - for the loss: `query_mask` (B, H, W) binary, optional `query_ignore` (B, H, W) bool.
 
 Where the official code and the paper differ, or the code is weak, a config option chooses:
@@ -223,7 +228,11 @@ def backbone_input(images: jax.Array, config: VRPConfig) -> jax.Array:
     size, so DINOv2 gets a bilinear resize to the nearest multiples (512 -> 518 = 37 x 14);
     SAM's encoder takes exactly SAM's input size (bilinear, align_corners=True, as SAM's
     own input in `sam_embeddings`)."""
-    bb = config.backbone
+    return backbone_input_of(images, config.backbone)
+
+
+def backbone_input_of(images: jax.Array, bb: Any) -> jax.Array:
+    """`backbone_input` for a backbone config `bb`."""
     if isinstance(bb, SamViTConfig):
         s = (bb.image_size, bb.image_size)
         return images if images.shape[1:3] == s else resize_bilinear(images, s, align_corners=True)
@@ -234,6 +243,44 @@ def backbone_input(images: jax.Array, config: VRPConfig) -> jax.Array:
     return images if size == images.shape[1:3] else resize_bilinear(images, size)
 
 
+# The frozen backbone's annotation-independent stages `reference_features` reads, which
+# `jaxvrp.precompute` can store per record (`data.backbone_features`): the query's mid-level
+# (layer2, layer3) and layer4, and each reference's stages up to layer3 (its layer4 runs on
+# the annotation-masked layer3, so it stays in the step).
+QUERY_STAGES = ("layer2", "layer3", "layer4")
+SUPPORT_STAGES = ("layer2", "layer3")
+# ... plus a ViT's (DINOv2's) class/register tokens after layer3, which its layer4 continues
+# from (they are not masked): stored as `support_features/layer3_prefix` (B, K, 1 + regs, D).
+SUPPORT_PREFIX = "layer3_prefix"
+BACKBONE_FEATURE_KEYS = (
+    *(f"query_features/{s}" for s in QUERY_STAGES),
+    *(f"support_features/{s}" for s in (*SUPPORT_STAGES, SUPPORT_PREFIX)),
+)
+
+
+def support_stages(bb: Any) -> tuple[str, ...]:
+    """The reference stages `reference_features` reads for backbone config `bb`."""
+    return (*SUPPORT_STAGES, SUPPORT_PREFIX) if isinstance(bb, Dinov2Config) else SUPPORT_STAGES
+
+
+def stored_stages(
+    backbone_params: Params, images: jax.Array, bb: Any, stages: tuple[str, ...]
+) -> dict[str, jax.Array]:
+    """The backbone's `stages` of ImageNet-normalised images (B, H, W, 3), as
+    `reference_features` computes them (one full pass on `backbone_input_of`): what
+    `jaxvrp.precompute` stores, {stage: (B, h, w, C)} ((B, n, D) for a prefix)."""
+    out = backbones.apply(backbone_params, backbone_input_of(images, bb), config=bb)
+    return {s: jax.lax.stop_gradient(out[s]) for s in stages}
+
+
+def stored_features(batch: dict, role: str) -> dict[str, jax.Array] | None:
+    """The batch's precomputed `<role>_features/<stage>` arrays as {stage: array}, or None
+    when it has none (`role`: "query" or "support")."""
+    head = f"{role}_features/"
+    found = {k[len(head) :]: v for k, v in batch.items() if k.startswith(head)}
+    return found or None
+
+
 def reference_features(
     backbone_params: Params,
     query: jax.Array,
@@ -241,6 +288,7 @@ def reference_features(
     annotation: jax.Array,
     config: VRPConfig,
     query_features: dict[str, jax.Array] | None = None,
+    support_features: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Frozen-backbone side of VRP-SAM, shots folded into the batch.
 
@@ -248,7 +296,10 @@ def reference_features(
     (query mid-level, support mid-level, support mask, pseudo-mask), all (B * K, h, w, *):
     row b * K + k pairs query b with its shot k. Each query goes through the backbone once
     (its features are then repeated for its K shots), not once per shot;
-    `query_features`: the query's backbone stages already computed (`frozen_features`).
+    `query_features`: the query's backbone stages (`QUERY_STAGES`, (B, h, w, C)) already
+    computed (`frozen_features`) or precomputed; `support_features`: the references'
+    stages up to layer3 (`support_stages`, (B * K, ...)) precomputed. Given both, the
+    backbone runs only layer4 on each masked reference.
     """
     bb = partial(backbones.apply, backbone_params, config=config.backbone)
     k = support.shape[0] // query.shape[0]
@@ -257,7 +308,13 @@ def reference_features(
     qf = bb(backbone_input(query, config)) if query_features is None else query_features
     if k > 1:
         qf = {name: jnp.repeat(v, k, axis=0) for name, v in qf.items()}
-    sf = bb(backbone_input(support, config), stop="layer3")
+    if support_features is None:
+        sf = bb(backbone_input(support, config), stop="layer3")
+    else:
+        missing = set(support_stages(config.backbone)) - set(support_features)
+        if missing:
+            raise KeyError(f"precomputed support features lack stages {sorted(missing)}")
+        sf = support_features
     mask = downsample_annotation(annotation, sf["layer3"].shape[1:3], config.annotation_downsample)
     # a ViT continues from its class/register tokens, which are not masked
     s4 = bb(sf["layer3"] * mask, start="layer4", prefix=sf.get("layer3_prefix"))["layer4"]
@@ -272,9 +329,16 @@ def shot_features(
     frozen: Params, batch: dict, config: VRPConfig, query_features=None
 ) -> tuple[jax.Array, ...]:
     """`reference_features` for every (query, shot) pair, shots folded into the batch:
-    each of the K shots pairs the same query with its own reference, (B * K, h, w, *)."""
+    each of the K shots pairs the same query with its own reference, (B * K, h, w, *).
+    The batch's precomputed `query_features/*` and `support_features/*` (B, K, ...) stages
+    are used when present (`stored_features`)."""
     support = batch["support_images"]
     b, k = support.shape[:2]
+    if query_features is None:
+        query_features = stored_features(batch, "query")
+    sf = stored_features(batch, "support")
+    if sf is not None:
+        sf = {name: v.reshape(b * k, *v.shape[2:]) for name, v in sf.items()}
     return reference_features(
         frozen["backbone"],
         batch["query_image"],
@@ -282,6 +346,7 @@ def shot_features(
         batch["support_annotations"].reshape(b * k, *support.shape[2:4]),
         config,
         query_features,
+        sf,
     )
 
 
@@ -304,8 +369,10 @@ def frozen_features(frozen: Params, batch: dict, config: VRPConfig):
     is the SAM's own encoder (`shares_sam_encoder`), the query's embedding is SAM's neck on
     its backbone "layer4" (the last block's output): one encoder pass on the query instead
     of two (the same blocks on the same resized image; the backbone's blocks use the "xla"
-    attention whatever `config.sam.attention`)."""
-    if "query_embedding" in batch or not shares_sam_encoder(config):
+    attention whatever `config.sam.attention`). With precomputed `query_features/*` in the
+    batch the query's backbone does not run (`shot_features` reads them)."""
+    precomputed = "query_embedding" in batch or stored_features(batch, "query") is not None
+    if precomputed or not shares_sam_encoder(config):
         return shot_features(frozen, batch, config), query_embeddings(frozen, batch, config)
     bb = backbones.apply(
         frozen["backbone"], backbone_input(batch["query_image"], config), config=config.backbone
@@ -440,5 +507,6 @@ LEARNER = registry.register(
         loss_fn=loss_fn,
         frozen=frozen_spec,
         module=__name__,
+        batch_keys=BACKBONE_FEATURE_KEYS,
     )
 )
