@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _timing import seconds_per_call
+from _timing import seconds_per_call, with_backbone_stages
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     from jaxvrp import assets, demo, loop, trainer
     from jaxvrp import frozen as frozen_lib
     from jaxvrp.data import datasets
-    from jaxvrp.learners import frozen_sam, vrp
+    from jaxvrp.learners import frozen_sam
 
     out = Path(args.data_dir or tempfile.mkdtemp())
     if args.size == "issue":
@@ -92,18 +92,9 @@ def main() -> None:
         )
         batches["precomputed"] = {**inputs, "query_embedding": np.asarray(emb)}
     if spec.backbone is not None and "query_features/layer4" in learner.batch_keys:
-        bb, (b, k) = spec.backbone, inputs["support_images"].shape[:2]
-        stages = jax.jit(lambda p, x: vrp.stored_stages(p, x, bb, vrp.QUERY_STAGES))
-        refs = inputs["support_images"].reshape(b * k, *inputs["support_images"].shape[2:])
-        q, r = stages(frozen["backbone"], inputs["query_image"]), stages(frozen["backbone"], refs)
-        batches["precomputed_backbone"] = {
-            **batches["precomputed"],
-            **{f"query_features/{n}": np.asarray(v) for n, v in q.items()},
-            **{
-                f"support_features/{n}": np.asarray(r[n]).reshape(b, k, *r[n].shape[1:])
-                for n in vrp.support_stages(bb)
-            },
-        }
+        batches["precomputed_backbone"] = with_backbone_stages(
+            batches["precomputed"], frozen["backbone"], spec.backbone
+        )
     for name, host_batch in batches.items():
         batch = loop.global_batch(host_batch, batch_sharding)
         step = trainer.compile_train_step(

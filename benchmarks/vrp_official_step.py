@@ -43,6 +43,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from _timing import with_backbone_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 # the directory the official SAM2pred.get_feat_from_np writes its embeddings under
@@ -186,7 +187,6 @@ def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
     from jaxvrp import frozen as frozen_lib
     from jaxvrp import loop, train, trainer
     from jaxvrp.learners import frozen_sam
-    from jaxvrp.learners import vrp as vrp_lib
 
     learner = trainer.learner_of(config)
     lconfig = trainer.learner_config(config)
@@ -214,18 +214,9 @@ def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
     cases = {"encoder_in_step": host, "precomputed": {**host, "query_embedding": np.asarray(emb)}}
     # the backbone's stored stages too (`data.backbone_features`): the query's layer2-4, the
     # references' layer2-3; only each reference's layer4 runs in the step
-    bb, (b, k) = spec.backbone, host["support_images"].shape[:2]
-    stages = jax.jit(lambda p, x: vrp_lib.stored_stages(p, x, bb, vrp_lib.QUERY_STAGES))
-    refs = host["support_images"].reshape(b * k, *host["support_images"].shape[2:])
-    qs, rs = stages(frozen["backbone"], host["query_image"]), stages(frozen["backbone"], refs)
-    cases["precomputed_backbone"] = {
-        **cases["precomputed"],
-        **{f"query_features/{n}": np.asarray(v) for n, v in qs.items()},
-        **{
-            f"support_features/{n}": np.asarray(rs[n]).reshape(b, k, *rs[n].shape[1:])
-            for n in vrp_lib.support_stages(bb)
-        },
-    }
+    cases["precomputed_backbone"] = with_backbone_stages(
+        cases["precomputed"], frozen["backbone"], spec.backbone
+    )
     out = {}
     for name, batch in cases.items():
         batch = loop.global_batch(batch, batch_sharding)
