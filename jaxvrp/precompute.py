@@ -262,12 +262,18 @@ def embedding_shape(sam) -> tuple[int, int, int]:
     return (sam.embedding_size, sam.embedding_size, sam.prompt_embed_dim)
 
 
-def sam_store(config, sam, dataset: str, split: str, root=None) -> FeatureStore:
-    """The store of (dataset, split)'s SAM embeddings under `root` (default
-    `config.data.feature_cache`)."""
+def store_root(config, root=None):
+    """`root`, else `config.data.feature_cache`; neither is an error."""
     root = root or config.data.get("feature_cache", "")
     if not root:
         raise ValueError("config.data.feature_cache is empty: no feature store to open")
+    return root
+
+
+def sam_store(config, sam, dataset: str, split: str, root=None) -> FeatureStore:
+    """The store of (dataset, split)'s SAM embeddings under `root` (default
+    `config.data.feature_cache`)."""
+    root = store_root(config, root)
     return FeatureStore(root, sam_key(config, sam, dataset, split), embedding_shape(sam))
 
 
@@ -349,9 +355,7 @@ def backbone_stores(config, spec, stages, dataset: str, split: str, root=None) -
     """{stage: FeatureStore} of (dataset, split)'s backbone `stages` under `root` (default
     `config.data.feature_cache`), one directory `backbone_<stage>_<dataset>_<split>_<hash>`
     per stage."""
-    root = root or config.data.get("feature_cache", "")
-    if not root:
-        raise ValueError("config.data.feature_cache is empty: no feature store to open")
+    root = store_root(config, root)
     shapes = backbone_shapes(spec.backbone, int(config.data.image_size), stages)
     return {
         s: FeatureStore(
@@ -390,7 +394,7 @@ def backbone_stages(config, learner, lconfig) -> dict[str, tuple[str, ...]] | No
 
 
 def backbone_feature_shapes(config, learner, lconfig) -> dict[str, tuple[int, ...]]:
-    """{batch key: per-example shape} of the stages `BatchFeatures` adds: (h, w, C) for
+    """{batch key: per-example shape} of the stages `QueryEmbeddings` adds: (h, w, C) for
     `query_features/<stage>`, (K, h, w, C) for `support_features/<stage>`; {} when
     `config.data.backbone_features` is off."""
     stages = backbone_stages(config, learner, lconfig)
@@ -519,8 +523,8 @@ def precompute(
         replicated = NamedSharding(mesh, PartitionSpec())
         for name, _, _, todo, fn in jobs:
             if todo:
-                keys = ("sam", "backbone") if name == "backbone" else ("sam",)
-                params = jax.device_put({k: frozen[k] for k in keys if k in frozen}, replicated)
+                # only this pass's frozen model ("sam" or "backbone") goes on the devices
+                params = jax.device_put({name: frozen[name]}, replicated)
                 jitted = jax.jit(
                     fn, in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding
                 )
