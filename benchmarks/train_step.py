@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _timing import seconds_per_call, with_backbone_stages
+from _timing import seconds_per_call
 
 
 def main() -> None:
@@ -42,6 +42,7 @@ def main() -> None:
     from jaxvrp import frozen as frozen_lib
     from jaxvrp.data import datasets
     from jaxvrp.learners import frozen_sam
+    from jaxvrp.learners import vrp as vrp_lib
 
     out = Path(args.data_dir or tempfile.mkdtemp())
     if args.size == "issue":
@@ -92,7 +93,7 @@ def main() -> None:
         )
         batches["precomputed"] = {**inputs, "query_embedding": np.asarray(emb)}
     if spec.backbone is not None and "query_features/layer4" in learner.batch_keys:
-        batches["precomputed_backbone"] = with_backbone_stages(
+        batches["precomputed_backbone"] = vrp_lib.with_stored_stages(
             batches["precomputed"], frozen["backbone"], spec.backbone
         )
     for name, host_batch in batches.items():

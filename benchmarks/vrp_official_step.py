@@ -43,7 +43,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-from _timing import with_backbone_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 # the directory the official SAM2pred.get_feat_from_np writes its embeddings under
@@ -187,6 +186,7 @@ def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
     from jaxvrp import frozen as frozen_lib
     from jaxvrp import loop, train, trainer
     from jaxvrp.learners import frozen_sam
+    from jaxvrp.learners import vrp as vrp_lib
 
     learner = trainer.learner_of(config)
     lconfig = trainer.learner_config(config)
@@ -214,7 +214,7 @@ def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
     cases = {"encoder_in_step": host, "precomputed": {**host, "query_embedding": np.asarray(emb)}}
     # the backbone's stored stages too (`data.backbone_features`): the query's layer2-4, the
     # references' layer2-3; only each reference's layer4 runs in the step
-    cases["precomputed_backbone"] = with_backbone_stages(
+    cases["precomputed_backbone"] = vrp_lib.with_stored_stages(
         cases["precomputed"], frozen["backbone"], spec.backbone
     )
     out = {}

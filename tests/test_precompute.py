@@ -390,23 +390,12 @@ def test_stored_stages_give_the_same_output_and_run_only_the_support_layer4(name
     batch = make_batch(b=2, k=2, seed=3)
     lconfig_vrp = lconfig.vrp if name == "prosam" else lconfig
     bb = lconfig_vrp.backbone
-    stages = jax.jit(lambda p, x: vrp.stored_stages(p, x, bb, vrp.QUERY_STAGES))
-    query = stages(frozen["backbone"], batch["query_image"])
-    support = stages(frozen["backbone"], batch["support_images"].reshape(4, 64, 64, 3))
-    support = {s: support[s] for s in vrp.SUPPORT_STAGES}
     emb = jax.jit(lambda p, x: vrp.sam_embeddings(p, x, lconfig_vrp))(
         frozen["sam"], batch["query_image"]
     )
-    emb = np.asarray(emb)
-    batch["query_embedding"] = emb  # both runs: only the backbone differs
-    with_stages = {
-        **batch,
-        **{f"query_features/{s}": np.asarray(v) for s, v in query.items()},
-        **{
-            f"support_features/{s}": np.asarray(v).reshape(2, 2, *v.shape[1:])
-            for s, v in support.items()
-        },
-    }
+    batch["query_embedding"] = np.asarray(emb)  # both runs: only the backbone differs
+    with_stages = vrp.with_stored_stages(batch, frozen["backbone"], bb)
+    support = {s: with_stages[f"support_features/{s}"] for s in vrp.SUPPORT_STAGES}
     rng = jax.random.key(7)
     apply = jax.jit(lambda p, b: learner.apply(p, frozen, b, config=lconfig, rng=rng))
     la, lb = np.asarray(apply(params, batch)), np.asarray(apply(params, with_stages))
@@ -425,7 +414,7 @@ def test_stored_stages_give_the_same_output_and_run_only_the_support_layer4(name
     assert n_plain >= 3  # query, support to layer3, support layer4
     assert len(calls) == 1, calls
     shape, kw = calls[0]
-    assert kw["start"] == "layer4" and shape == (4, *support["layer3"].shape[1:])
+    assert kw["start"] == "layer4" and shape == (4, *support["layer3"].shape[2:])
     assert any(s[-1] == 3 for s in _conv_inputs(plain.jaxpr))  # the stems, without stages
     convs = _conv_inputs(cached.jaxpr)
     assert not any(s[-1] == 3 for s in convs), convs

@@ -281,6 +281,26 @@ def stored_features(batch: dict, role: str) -> dict[str, jax.Array] | None:
     return found or None
 
 
+def with_stored_stages(batch: dict, backbone_params: Params, bb: Any) -> dict:
+    """`batch` (host arrays) plus the backbone's stages of its images as `jaxvrp.precompute`
+    stores them with `data.backbone_features`: `query_features/<stage>` (B, h, w, C) for
+    `QUERY_STAGES`, `support_features/<stage>` (B, K, ...) for `support_stages(bb)`,
+    computed here (benchmarks, tests, notebooks without a store)."""
+    refs = batch["support_images"]
+    b, k = refs.shape[:2]
+    stages = jax.jit(lambda p, x: stored_stages(p, x, bb, QUERY_STAGES))
+    q = stages(backbone_params, batch["query_image"])
+    r = stages(backbone_params, refs.reshape(b * k, *refs.shape[2:]))
+    return {
+        **batch,
+        **{f"query_features/{n}": np.asarray(v) for n, v in q.items()},
+        **{
+            f"support_features/{n}": np.asarray(r[n]).reshape(b, k, *r[n].shape[1:])
+            for n in support_stages(bb)
+        },
+    }
+
+
 def reference_features(
     backbone_params: Params,
     query: jax.Array,
