@@ -42,10 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.eps = 1e-6  # paper §3.5
     c.model.multimask_output = False  # ours (unstated in the paper)
     c.model.connectivity = 8  # ours: cv2.findContours' outer contours are 8-connected
-    # points from the masks on the host (Learner.prepare; docs/samic.md): "interior" points,
-    # at most max_points per mask
+    # points from the masks (docs/samic.md "Points from masks"; the paper's SAMBOX points
+    # are not in the benchmarks): "interior" (ours, on the host in Learner.prepare) or
+    # "sam_greedy" (SAMBOX-like, the frozen SAM's greedy points, computed once per
+    # (record, class) by `python -m jaxvrp.precompute`: needs data.feature_cache)
+    c.model.point_source = "interior"
     c.model.max_points = 3 if runlocal else 8  # ours: P, the padded number of points
     c.model.points_seed = 0
+    c.model.greedy_min_gain = 0.01  # ours: "sam_greedy" stops below this IoU gain
+    c.model.greedy_candidates = 8  # ours: candidates tried per greedy step
+    c.model.greedy_random = 0  # ours: seeded random candidates per greedy step
 
     c.data.annotation = "mask"  # points come from the reference masks (mask_points)
     if not runlocal:
@@ -96,3 +102,10 @@ def sweep_prompting(add):
     for point in ("centroid", "peak"):
         for calls in ("per_component", "joint"):
             add(**{"model.point": point, "model.sam_calls": calls})
+
+
+def sweep_points(add):
+    """Where the points of the benchmarks' masks come from (ours: SAMBOX points are not in
+    the papers' datasets): "interior" x "sam_greedy" (needs data.feature_cache)."""
+    for source in ("interior", "sam_greedy"):
+        add(**{"model.point_source": source})

@@ -163,11 +163,13 @@ def sam_key(config, sam, dataset: str, split: str) -> dict:
         "storage_dtype": storage_dtype(config, sam),
         "dataset": dataset,
         "split": split,
-        "build": _fingerprint(config, dataset, split),
+        "build": split_fingerprint(config, dataset, split),
     }
 
 
-def _fingerprint(config, dataset: str, split: str) -> str:
+def split_fingerprint(config, dataset: str, split: str) -> str:
+    """The build fingerprint of the dataset (dataset, split) is read from, building the
+    procedural one first if needed."""
     directory = build_dir(config, dataset)
     built = directory.exists() and any(
         f.name == "dataset_info.json" for f in paths.files_under(directory)
@@ -347,7 +349,7 @@ def backbone_key(config, spec, stage: str, dataset: str, split: str) -> dict:
         "storage_dtype": backbone_storage_dtype(config, bb),
         "dataset": dataset,
         "split": split,
-        "build": _fingerprint(config, dataset, split),
+        "build": split_fingerprint(config, dataset, split),
     }
 
 
@@ -460,15 +462,17 @@ def precompute(
     process_count: int | None = None,
 ) -> dict:
     """Write the SAM embedding (and, with `config.data.backbone_features`, the backbone's
-    stages, `backbone_stages`) of every record of `splits_of(config, which)` missing from
+    stages, `backbone_stages`; for a learner with `point_source="sam_greedy"`, its points,
+    `jaxvrp.point_store`) of every record of `splits_of(config, which)` missing from
     `config.data.feature_cache`, `per_device_batch` images per local device and encoder
     call; this host takes records p, p + n, .... Returns {"computed", "skipped",
     "encoder_calls", "bytes"} of this host's SAM embeddings, plus "backbone": the same of
-    its backbone stage sets (a record's stages count once) when they are on."""
+    its backbone stage sets (a record's stages count once) when they are on, and "points":
+    `point_store.precompute_points`'s when the learner reads stored points."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from jaxvrp import frozen as frozen_lib
-    from jaxvrp import trainer
+    from jaxvrp import point_store, trainer
     from jaxvrp.learners import frozen_sam, vrp
 
     learner = trainer.learner_of(config)
@@ -543,6 +547,16 @@ def precompute(
     stats = dict(out.get("sam", empty))
     if "backbone" in out:
         stats["backbone"] = out["backbone"]
+    if point_store.wanted(lconfig):  # SAMIC's "sam_greedy" points, once per (record, class)
+        stats["points"] = point_store.precompute_points(
+            config,
+            lconfig,
+            frozen=frozen,
+            which=which,
+            progress=progress,
+            process_index=p,
+            process_count=n,
+        )
     return stats
 
 
@@ -625,7 +639,9 @@ class QueryEmbeddings:
 def reader(config, learner, lconfig, which: int, frozen=None):
     """`QueryEmbeddings` of the config's training (`which` 0) or evaluation (1) split when
     `config.data.feature_cache` is set and the learner prompts a SAM (or is served
-    backbone stages, `config.data.backbone_features`), else None; runs `precompute` first
+    backbone stages, `config.data.backbone_features`), followed by a
+    `point_store.PointReader` when the learner reads stored "sam_greedy" points (SAMIC);
+    else None; runs `precompute` first
     when `config.data.precompute` (with the host tree `frozen` if given, and a barrier
     after it: a host reads entries other hosts wrote)."""
     if not config.data.get("feature_cache", ""):
@@ -636,9 +652,12 @@ def reader(config, learner, lconfig, which: int, frozen=None):
                 "config.data.backbone_features=True needs config.data.feature_cache=DIR"
             )
         return None
+    from jaxvrp import point_store
+
     spec = learner.frozen(lconfig)
     stages = backbone_stages(config, learner, lconfig)  # refuses a learner it cannot serve
-    if spec.sam is None and stages is None:
+    points = point_store.wanted(lconfig)
+    if spec.sam is None and stages is None and not points:
         return None
     if config.data.get("precompute", False):
         precompute(config, frozen=frozen, progress=jax.process_index() == 0, which=(which,))
@@ -646,7 +665,11 @@ def reader(config, learner, lconfig, which: int, frozen=None):
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("jaxvrp.precompute")
-    return QueryEmbeddings(config, spec.sam, which, spec, stages)
+    embeddings = QueryEmbeddings(config, spec.sam, which, spec, stages)
+    if not points:
+        return embeddings
+    reader_of_points = point_store.PointReader(config, lconfig, which)
+    return lambda batch: reader_of_points(embeddings(batch))
 
 
 def main(argv) -> None:

@@ -86,7 +86,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from jaxvrp import assets, backbones, params_io
+from jaxvrp import assets, backbones, params_io, point_store
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import sam as sam_lib
 from jaxvrp.image import binary_mask, normalized_image, resize_bilinear, resized_mask, rgb8
@@ -447,15 +447,23 @@ def _prepared(ckpt, batch: dict) -> dict:
     return batch if prepare is None else prepare(batch, ckpt.config)
 
 
-def _check_inputs(ckpt, frozen, support_images, support_annotations) -> None:
+def _with_stored_points(ckpt, frozen, support: dict) -> dict:
+    """The references' "sam_greedy" points, computed once here with the frozen SAM, for a
+    learner that reads them from `jaxvrp.point_store` in training and evaluation (SAMIC
+    with `point_source="sam_greedy"`): the user's references are in no store."""
+    if not point_store.wanted(ckpt.config):
+        return support
+    from jaxvrp.learners import samic
+
+    out = samic.greedy_points(support, jax.device_get(frozen["sam"]), ckpt.config)
+    return {k: out[k] for k in (*support, "support_points", "support_point_valid")}
+
+
+def _check_inputs(ckpt, frozen, support: dict) -> None:
     """Trace the learner on the segment batch (no compute): a learner that reads something
     a new image does not have (the ground truth, extra batch keys) is refused by name."""
-    s = support_images.shape[2]
-    batch = {
-        "query_image": np.zeros((1, s, s, 3), np.float32),
-        "support_images": support_images,
-        "support_annotations": support_annotations,
-    }
+    s = support["support_images"].shape[2]
+    batch = {"query_image": np.zeros((1, s, s, 3), np.float32), **support}
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _prepared(ckpt, batch))
     try:
         jax.eval_shape(
@@ -530,7 +538,12 @@ def segment(
     for p in paths:  # decode every target now, so that a bad one stops the run before output
         read_rgb(p, "--targets")
     _read_sam_cached.cache_clear()  # `frozen` holds what is needed
-    _check_inputs(ckpt, frozen, np.stack(images)[None], np.stack(anns)[None])
+    support = {
+        "support_images": np.stack(images)[None],
+        "support_annotations": np.stack(anns)[None],
+    }
+    support = _with_stored_points(ckpt, frozen, support)
+    _check_inputs(ckpt, frozen, support)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -538,10 +551,7 @@ def segment(
         raise SegmentError(f"--out: cannot create {out}: {e}") from e
     predict = _predictor(ckpt.learner, ckpt.config)
     params, frozen = jax.device_put((ckpt.params, frozen))
-    support = {
-        "support_images": jax.device_put(np.stack(images)[None]),
-        "support_annotations": jax.device_put(np.stack(anns)[None]),
-    }
+    support = jax.device_put(support)
     written = []
     for p in tqdm(paths, desc="segment", unit="image", file=sys.stderr, disable=not progress):
         rgb = read_rgb(p, "--targets")

@@ -427,3 +427,46 @@ def test_console_script_help():
     )
     assert done.returncode == 0, done.stderr
     assert "--reference" in done.stdout
+
+
+def test_samic_on_sam_greedy_points_computes_them_once_for_the_references(
+    files, tmp_path, monkeypatch
+):
+    """A SAMIC learner trained on stored "sam_greedy" points: `segment` computes the greedy
+    points of the user's reference mask once with the frozen SAM (not per target), and
+    predicts what the learner gives on exactly those points."""
+    from jaxvrp.learners import samic
+
+    model = {"backbone": "resnet_test", "sam": "tiny_128", "num_4d_layers": 1}
+    model.update(max_components=2, max_points=2, point_source="sam_greedy")
+    cfg = samic.make_config(**model)
+    shapes = jax.eval_shape(partial(samic.init, config=cfg), jax.random.key(0))
+    checkpoint.save(
+        tmp_path / "samic",
+        learner="samic",
+        model=model,
+        params=_random(shapes, 4),
+        image_size=S,
+        backbone_params=_random(backbones.param_shapes(backbones.get_config("resnet_test")), 5),
+    )
+    calls, real = [], samic.greedy_points
+    monkeypatch.setattr(samic, "greedy_points", lambda *a: calls.append(a) or real(*a))
+    r = files / "refs"
+    shots = [seg.Shot(r / "a.png", "mask", r / "a_mask.png")]
+    out = tmp_path / "out"
+    written = seg.segment(
+        tmp_path / "samic", files / "sam", shots, files / "targets", out, progress=False
+    )
+    assert len(written) == len(TARGETS) and len(calls) == 1
+    support, sam_params, _ = calls[0]
+    want = real(support, sam_params, cfg)
+    assert want["support_point_valid"].sum() > 0
+    ckpt = checkpoint.load(tmp_path / "samic")
+    frozen = {"sam": sam_lib.load(files / "sam")[0], "backbone": ckpt.backbone_params}
+    with Image.open(files / "targets" / "t3.png") as im:  # S x S: no resize of the output
+        query = normalized_image(np.asarray(im.convert("RGB")), S)[None]
+    logits = seg._predictor(ckpt.learner, ckpt.config)(
+        ckpt.params, frozen, {"query_image": query, **want}
+    )
+    with Image.open(out / "t3_mask.png") as m:
+        np.testing.assert_array_equal(np.asarray(m) > 0, np.asarray(logits[0]) > 0)

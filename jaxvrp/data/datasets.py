@@ -221,6 +221,19 @@ def _episode_config(config) -> episodes.EpisodeConfig:
     )
 
 
+def episode_index(config, src, train: bool) -> episodes.ClassIndex:
+    """The class index episodes of `src` are drawn from: with `train`, the seeded
+    `data.train_fraction` subset of each class's records (`ClassIndex.subset`)."""
+    index = episodes.ClassIndex.build(src)
+    if train:
+        index = index.subset(
+            config.data.get("train_fraction", 1.0),
+            configs.data_seed(config),
+            minimum=config.data.shots + 1,
+        )
+    return index
+
+
 def _episodes(config, which: int, train: bool, process_index, process_count, local_batch):
     dataset, split, classes = plan(config)[which]
     if train and dataset == perseg.DATASET:
@@ -229,13 +242,7 @@ def _episodes(config, which: int, train: bool, process_index, process_count, loc
             "dataset and evaluate with data.dataset='perseg', or use a training-free method"
         )
     src = source(config, dataset, split)
-    index = episodes.ClassIndex.build(src)
-    if train:
-        index = index.subset(
-            config.data.get("train_fraction", 1.0),
-            configs.data_seed(config),
-            minimum=config.data.shots + 1,
-        )
+    index = episode_index(config, src, train)
     fixed = None
     if not train and protocol(config) == hsnet.PROTOCOL:
         fixed = hsnet.resolve(hsnet_episodes(config, index), index.ids, index.records)

@@ -24,7 +24,7 @@ Points are (x, y) float32 pixel coordinates of the mask they come from (column, 
 
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
@@ -84,16 +84,16 @@ def sam_greedy_points(
     min_gain: float = 0.01,
     max_candidates: int = 8,
     num_random: int = 0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> tuple[np.ndarray, list[float]]:
     """SAMBOX-like points: greedily add the candidate that most raises SAM's IoU.
 
     mask (H, W); predict(points, labels) -> bool (H, W) (e.g. `make_sam_predict`). Each step
     tries the interior points (`interior_points`) of the `max_candidates` largest components
     of the false-negative region, plus `num_random` pixels drawn from it
-    (`np.random.default_rng(seed)`), keeps the best if it raises the IoU by at least
-    `min_gain` (> 0), else stops. Returns the points (n, 2) float32 (x, y) and the IoU after
-    each accepted point (non-decreasing by construction).
+    (`np.random.default_rng(seed)`, seed an int or a sequence of ints), keeps the best if it
+    raises the IoU by at least `min_gain` (> 0), else stops. Returns the points (n, 2)
+    float32 (x, y) and the IoU after each accepted point (non-decreasing by construction).
     """
     if min_gain <= 0:
         raise ValueError(f"min_gain must be > 0 (it guarantees termination), got {min_gain}")
@@ -220,7 +220,7 @@ def mask_points(
     method: str = "interior",
     image: np.ndarray | None = None,
     sam_predict: Callable[[np.ndarray], PredictFn] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     **options,
 ) -> np.ndarray:
     """Points of one mask by `method`; "sam_greedy" needs `image` and `sam_predict(image)

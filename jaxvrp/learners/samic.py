@@ -22,6 +22,7 @@ masks. Every choice the paper leaves open is an option; see docs/samic.md.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -40,6 +41,7 @@ NAME = "samic"
 HEATMAPS = ("channel_softmax", "spatial_softmax")
 POINTS = ("centroid", "peak")
 SAM_CALLS = ("per_component", "joint")
+POINT_SOURCES = ("interior", "sam_greedy")  # = mask_points.METHODS
 NSS_FORMS = ("printed", "standard")
 POINT_KEYS = ("support_points", "support_point_valid", "query_points", "query_point_valid")
 # The logit of every pixel when the heat map has no peak: an empty mask, sigmoid ~ 4e-44.
@@ -64,11 +66,21 @@ class SAMICConfig:
     eps: float = 1e-6  # §3.5
     multimask_output: bool = False  # True: SAM's best-of-three by predicted IoU
     connectivity: int = 8  # 8 matches cv2.findContours' outer contours; or 4
-    # how `prepare` derives the point keys from the batch's masks on the host
-    # (`mask_points.add_points`, method "interior": one point per connected component,
-    # farthest from its boundary); "sam_greedy" needs the SAM and runs offline
+    # where the point keys come from (docs/samic.md "Points from masks"): "interior" =
+    # `prepare` derives them from the batch's masks on the host at every step (one point
+    # per connected component, farthest from its boundary); "sam_greedy" = SAMBOX-like
+    # greedy points of the frozen SAM, computed once per (record, class) by
+    # `python -m jaxvrp.precompute` into config.data.feature_cache and read from there
+    # (`jaxvrp.point_store`); `jaxvrp segment` computes them for its references
+    point_source: str = "interior"
     max_points: int = 8  # P, the padded number of points per mask
     points_seed: int = 0
+    # "sam_greedy" only (`mask_points.sam_greedy_points`): stop when a point raises SAM's
+    # IoU with the mask by less than this; candidates per step (interior points of the
+    # largest false-negative components); seeded random candidates per step
+    greedy_min_gain: float = 0.01
+    greedy_candidates: int = 8
+    greedy_random: int = 0
 
 
 def _check(config: SAMICConfig) -> None:
@@ -77,6 +89,7 @@ def _check(config: SAMICConfig) -> None:
         ("point", POINTS),
         ("sam_calls", SAM_CALLS),
         ("nss", NSS_FORMS),
+        ("point_source", POINT_SOURCES),
     ):
         if getattr(config, field) not in allowed:
             raise ValueError(f"{field} must be one of {allowed}, got {getattr(config, field)!r}")
@@ -84,6 +97,10 @@ def _check(config: SAMICConfig) -> None:
         raise ValueError(f"connectivity must be 4 or 8, got {config.connectivity}")
     if config.max_components < 1:
         raise ValueError(f"max_components must be >= 1, got {config.max_components}")
+    if config.max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {config.max_points}")
+    if config.greedy_min_gain <= 0:
+        raise ValueError(f"greedy_min_gain must be > 0, got {config.greedy_min_gain}")
     if config.sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {config.sigma}")
     if not 0.0 <= config.threshold < 1.0:
@@ -333,11 +350,19 @@ def loss_fn(
 
 
 def prepare(batch: dict, config: SAMICConfig) -> dict:
-    """The protocol's host-side step: SAMIC's point keys from the batch's reference masks
-    (and the query mask when there is one), "interior" points, seeded by `points_seed`.
-    Keys already in the batch (precomputed, e.g. SAM-greedy points) are kept."""
+    """The protocol's host-side step: SAMIC's point keys. Keys already in the batch are
+    kept (the "sam_greedy" points `jaxvrp.point_store` adds from its store, or those of
+    `greedy_points`); else, with `point_source="interior"`, they are derived from the batch's
+    reference masks (and the query mask when there is one), seeded by `points_seed`."""
     if all(k in batch for k in POINT_KEYS[:2]):
         return batch
+    if config.point_source == "sam_greedy":
+        raise ValueError(
+            "SAMIC with point_source='sam_greedy' reads its points from the precomputed "
+            "store, and this batch has no support_points: set config.data.feature_cache=DIR "
+            "and run `python -m jaxvrp.precompute --config ...` (or config.data.precompute="
+            "True); a batch built by hand takes them from samic.greedy_points"
+        )
     from jaxvrp.learners import mask_points
 
     return mask_points.add_points(
@@ -345,6 +370,45 @@ def prepare(batch: dict, config: SAMICConfig) -> dict:
         max_points=config.max_points,
         method="interior",
         seed=config.points_seed,
+    )
+
+
+def greedy_options(config: SAMICConfig) -> dict[str, Any]:
+    """The keyword options of `mask_points.sam_greedy_points` the config sets."""
+    return {
+        "min_gain": float(config.greedy_min_gain),
+        "max_candidates": int(config.greedy_candidates),
+        "num_random": int(config.greedy_random),
+    }
+
+
+def greedy_predict(sam_params: Params, config: SAMICConfig):
+    """`make_sam_predict` of the frozen SAM as the greedy rule calls it: image -> PredictFn."""
+    from jaxvrp.learners import mask_points
+
+    return functools.partial(
+        mask_points.make_sam_predict,
+        sam_params,
+        config=config.sam,
+        multimask_output=config.multimask_output,
+    )
+
+
+def greedy_points(batch: dict, sam_params: Params, config: SAMICConfig) -> dict:
+    """`batch` with the point keys by the "sam_greedy" rule, computed now with the frozen SAM
+    from its `support_annotations` (and `query_mask` if any); masks are seeded by position
+    as `mask_points.add_points`. `jaxvrp segment` uses it for the user's references;
+    training and evaluation read the same rule's points per (record, class) from
+    `jaxvrp.point_store`, computed once."""
+    from jaxvrp.learners import mask_points
+
+    return mask_points.add_points(
+        {k: np.asarray(v) for k, v in batch.items()},
+        max_points=config.max_points,
+        method="sam_greedy",
+        seed=config.points_seed,
+        sam_predict=greedy_predict(sam_params, config),
+        **greedy_options(config),
     )
 
 
