@@ -558,7 +558,9 @@ def test_configs_file_defaults_and_sweeps():
     cfg = registry.get(c.learner).make_config(**c.model)
     assert cfg.hsnet.num_4d_layers == 3 and cfg.sam.image_size == 1024
     local = mod.get_config("runlocal")
-    for sweep, n in ((mod.sweep_depth, 4), (mod.sweep_loss, 6), (mod.sweep_prompting, 4)):
+    sweeps = (mod.sweep_depth, 4), (mod.sweep_loss, 6), (mod.sweep_prompting, 4)
+    sweeps += ((mod.sweep_points, 2),)
+    for sweep, n in sweeps:
         rows = []
         sweep(lambda **kw: rows.append(kw))  # noqa: B023
         assert len(rows) == n
