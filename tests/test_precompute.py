@@ -93,7 +93,12 @@ def test_entries_are_the_encoder_output_of_the_episode_image(filled):
     image = episodes.load_example(src, 5, 0, config.data.image_size)[0]
     params = frozen_lib.load(config, frozen_lib.FrozenSpec(sam=sam))["sam"]
     want = np.asarray(frozen_sam.image_embeddings(params, image[None], sam))[0]
-    np.testing.assert_allclose(store.get(5), want, rtol=1e-5, atol=1e-6)
+    got = store.get(5)
+    # the pass's jitted, batched program against this eager call: float32 rounding only
+    # (measured: relative L2 4.2e-7, one element of 16384 off by 1.3e-6 at a value 0.016);
+    # another record's embedding or a wrong preprocessing is off by O(1)
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def test_evaluation_on_precomputed_features_is_identical(filled, stored):
