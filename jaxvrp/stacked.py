@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxvrp import configs, loop, paths, trainer
+from jaxvrp import configs, loop, paths, precompute, trainer
 from jaxvrp import frozen as frozen_lib
 
 # config key -> what it is in the step. `seed` becomes the member's rngs; the optimiser
@@ -484,7 +484,11 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     state, start = loop.restore_latest(mgr, state, iterator, workdir)
     state = jax.device_put(state, by_member)
     lconfig = learner.make_config(**config.model.to_dict())
-    frozen = jax.device_put(frozen_lib.load(config, learner.frozen(lconfig)), replicated)
+    frozen = frozen_lib.load(config, learner.frozen(lconfig))
+    # the precomputed frozen features and points of `jaxvrp.precompute` (data.feature_cache),
+    # added to each host batch as for a single run: shared by every member
+    features = precompute.reader(config, learner, lconfig, 0, frozen=frozen)
+    frozen = jax.device_put(frozen, replicated)
     rngs = jax.device_put(step_rngs(config, members_), by_member)
     hparams = jax.device_put(hparams_of(config, members_), by_member)
     step_fn = jax.jit(
@@ -497,7 +501,10 @@ def train(config, members_: list[dict], workdir: str | Path, *, member_shards: i
     state, last = loop.run_steps(
         lambda st, b: step_fn(
             st,
-            loop.global_batch(trainer.model_inputs(b, learner), batch_sharding),
+            loop.global_batch(
+                trainer.model_inputs(b if features is None else features(b), learner, lconfig),
+                batch_sharding,
+            ),
             rngs,
             hparams,
             frozen,
@@ -554,6 +561,7 @@ def evaluate(
         frozen = frozen_lib.load(config, spec)
     _, batch_sharding, replicated = loop.mesh_and_shardings()
     loop.check_batch_size(config.batch_size)
+    features = precompute.reader(config, learner, lconfig, 1, frozen=frozen)
     frozen = jax.device_put({k: frozen[k] for k in spec.keys}, replicated)
     params = jax.device_put(params, replicated)
     hparams = jax.device_put(hparams_of(config, members_), replicated)
@@ -573,12 +581,14 @@ def evaluate(
         out_shardings=out_sharding,
     )
     meters = [metrics.SegmentationMeter() for _ in members_]
-    use_cache = config.data.embedding_cache and spec.sam is not None
+    use_cache = config.data.embedding_cache and spec.sam is not None and features is None
     cache = evaluate_lib.EmbeddingCache(config, spec.sam) if use_cache else None
     local = config.batch_size // jax.process_count()
     episodes = datasets.eval_episodes(config, jax.process_index(), jax.process_count(), local)
     rng = jax.random.key(0)  # as `jaxvrp.evaluate.evaluate`'s default rng_seed
     for batch in episodes:
+        if features is not None:
+            batch = features(batch)
         if cache is not None:
             batch = {**batch, "query_embedding": cache.lookup(batch, frozen["sam"])}
         inputs = loop.global_batch(trainer.model_inputs(batch, learner, lconfig), batch_sharding)

@@ -9,6 +9,8 @@ each mode of the comma-separated MODES:
   its own workdir (the reference);
 - "stacked": `jaxvrp.stacked.train` of the members (`stack.mode` of the config);
 - "stacked-vmap": the same with `stack.mode = "vmap"`;
+- "stacked-store": "stacked" on precomputed SAM embeddings (`data.feature_cache` =
+  WORKDIR/stacked-store/features, `data.precompute = True`: the stack runs the pass);
 - "sweep": `jaxvrp.sweep.run_point` of the members: trained stacked, evaluated, exported.
 Saves every member's final params as `MODE/i/path` arrays and its logged losses as
 `MODE/i/losses`.
@@ -80,11 +82,14 @@ for mode in modes.split(","):
             flat = traverse_util.flatten_dict(restore(os.path.join(w, str(i))), sep="/")
             arrays.update({f"{mode}/{i}/{k}": np.asarray(v) for k, v in flat.items()})
             arrays[f"{mode}/{i}/losses"] = losses(os.path.join(w, str(i)), "loss")
-    elif mode in ("stacked", "stacked-vmap"):
+    elif mode in ("stacked", "stacked-vmap", "stacked-store"):
         c = config
         if mode == "stacked-vmap":
             c = config.copy_and_resolve_references()
             c.stack.mode = "vmap"
+        if mode == "stacked-store":
+            c = config.copy_and_resolve_references()
+            c.data.feature_cache, c.data.precompute = os.path.join(w, "features"), True
         state, _, _ = stacked.train(c, members, w, member_shards=member_shards)
         save_stack(mode, state.params, w)
     elif mode == "sweep":

@@ -216,7 +216,7 @@ def trained(tmp_path_factory):
     """3 steps of batch 8, two members. 1 device: the separate runs (`jaxvrp.train`), the
     stacked sweep point ("map" mode: trained, evaluated, exported) and the stack in "vmap"
     mode. 8 devices: the separate runs and the stacked members ("map") on a 1 x 8
-    (members x data) mesh."""
+    (members x data) mesh, without and with precomputed SAM embeddings."""
     tmp = tmp_path_factory.mktemp("sweep")
     common = [f"data.data_dir={tmp / 'tfds'}", "steps_per_epoch=3", "batch_size=8"]
     members = json.dumps(MEMBERS)
@@ -224,7 +224,7 @@ def trained(tmp_path_factory):
     commands, outs = [], []
     for modes, devices, extra in (
         ("separate,sweep,stacked-vmap", 1, []),
-        ("separate,stacked", 8, ["member_shards=1"]),
+        ("separate,stacked,stacked-store", 8, ["member_shards=1"]),
     ):
         out = tmp / f"{devices}.npz"
         cmd = [sys.executable, RUNNER, modes, str(tmp / str(devices)), str(out), str(devices)]
@@ -299,6 +299,21 @@ def test_members_equal_separate_runs(trained, devices, run):
         assert whole <= PARAMS_RTOL and losses <= 1e-6
 
 
+def test_stacked_members_train_on_precomputed_embeddings(trained):
+    """The stack reads `jaxvrp.precompute`'s store (it ran the pass itself) and trains the
+    same members: tolerances of tests/test_precompute.py's single-run comparison (the
+    encoder compiled apart from the step rounds differently in the last bit)."""
+    tmp, arrays = trained
+    written = list((tmp / "8" / "stacked-store" / "features").glob("sam_procedural_train_*/*.npy"))
+    assert len(written) > 8
+    for i in range(len(MEMBERS)):
+        got, ref = _member(arrays, "8dev/stacked-store", i), _member(arrays, "8dev/stacked", i)
+        assert got.keys() == ref.keys() and len(ref) > 20
+        np.testing.assert_allclose(got.pop("losses"), ref.pop("losses"), rtol=1e-6, atol=0)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=5e-6, err_msg=k)
+
+
 def test_vmap_mode_is_close_to_separate_runs(trained):
     """ "vmap" batches the members into each operation: float32 sums in another order
     (~4e-7 relative in the gradients), which Adam's normalised update turns into up to ~lr
@@ -333,6 +348,13 @@ def test_stack_evaluation_compiles_once_and_equals_each_member_alone(trained, mo
         alone = evaluate.evaluate(mc, p)
         assert got[name] == alone and alone["episodes"] == 8
     assert got["a"] != got["b"]
+    # on precomputed SAM embeddings (the stack runs the pass on the evaluation split)
+    c.data.feature_cache, c.data.precompute = str(tmp / "eval_features"), True
+    on_store = stacked.evaluate(c, MEMBERS, stacked._stack(params), names=["a", "b"])
+    assert list((tmp / "eval_features").glob("sam_procedural_test_*/*.npy"))
+    for name in ("a", "b"):
+        for key, value in got[name].items():
+            assert on_store[name][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (name, key)
 
 
 def _random_batch(c, seed):
