@@ -187,11 +187,16 @@ def run_point(point: Point, workdir: Path, members=None, *, member_shards: int =
     out = paths.as_path(workdir) / point.name
     if is_finished(out):
         return None
-    out.mkdir(parents=True, exist_ok=True)
     config = point.config
     learner = trainer.learner_of(config)
     members = point.members if members is None else members
     vmap = bool(members)
+    if vmap and config.get("setting") == "semantic":
+        raise ValueError(
+            "SSPrompt's setting 1 trains through jaxvrp.ssprompt_semantic, which stacks no "
+            "members: put the --vmap keys in the grid"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     members = list(members) or [{}]
     labels = _labels(list(dict.fromkeys(k for m in members for k in m)))
     mconfigs = stacked.member_configs(config, members) if vmap else [config]
@@ -208,6 +213,16 @@ def run_point(point: Point, workdir: Path, members=None, *, member_shards: int =
     title = learner.title
     names = [title if not m else f"{title} {member_label(m, labels)}" for m in members]
     results = {}
+    if config.get("setting") == "semantic":  # SSPrompt's setting 1: its own trainer
+        from jaxvrp import ssprompt_semantic
+
+        result = ssprompt_semantic.train(config, out)
+        if "eval" not in result:
+            return None  # stopped early (stop_after): not finished
+        results[f"{title} (setting 1)"] = result["eval"]
+        if lead:
+            _write_semantic_results(out, results)
+        return results
     if not learner.trainable:
         frozen = frozen_lib.load(config, learner.frozen(trainer.learner_config(config)))
         for name, c in zip(names, mconfigs, strict=True):
@@ -240,6 +255,19 @@ def run_point(point: Point, workdir: Path, members=None, *, member_shards: int =
     if lead:
         evaluate.write_results(out, results)
     return results
+
+
+def _write_semantic_results(out: Path, results: dict[str, dict]) -> None:
+    """A setting-1 point's `eval/results.{json,md}` (semantic mIoU and pixel accuracy)."""
+    d = out / "eval"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    lines = ["| method | semantic mIoU | pixel accuracy | images |", "| --- | --- | --- | --- |"]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {100 * r['miou']:.1f} | {100 * r['pixel_accuracy']:.1f} | {r['images']} |"
+        )
+    (d / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def run_local(points: list[Point], workdir: Path, *, member_shards: int = 0) -> None:
@@ -344,7 +372,17 @@ def tpu_script(argv_base: list[str], points: list[Point]) -> str:
 
 # ---------------------------------------------------------------------------- results
 
-METRICS = {"miou": "mIoU", "fb_iou": "FB-IoU"}
+METRICS = {"miou": "mIoU", "fb_iou": "FB-IoU"}  # of the episodic evaluator's results
+# SSPrompt's setting 1 (`jaxvrp.ssprompt_semantic`): semantic mIoU, no FB-IoU
+SEMANTIC_METRICS = {"miou": "semantic mIoU", "pixel_accuracy": "pixel accuracy"}
+
+
+def metrics_of(entries: list[dict]) -> dict[str, str]:
+    """The table's metrics: the episodic ones, or setting 1's when every result is one."""
+    semantic = bool(entries) and all("fb_iou" not in e["result"] for e in entries)
+    return SEMANTIC_METRICS if semantic else METRICS
+
+
 FOLD = "data.fold"
 SEED = "seed"
 
@@ -383,6 +421,7 @@ def aggregate(entries: list[dict]) -> dict:
     folds of each seed that has every fold, then its mean ± std over those seeds."""
     rows: dict[str, dict] = {}
     folds: list = []
+    names = metrics_of(entries)
     for e in entries:
         keys = {**e["point"], **e["member"]}
         fold = keys.pop(FOLD, None)
@@ -391,7 +430,7 @@ def aggregate(entries: list[dict]) -> dict:
             folds.append(fold)
         rid = json.dumps(keys, sort_keys=False)
         row = rows.setdefault(rid, {"keys": keys, "values": {}})
-        for metric in METRICS:
+        for metric in names:
             value = 100.0 * float(e["result"][metric])
             row["values"].setdefault(metric, {}).setdefault(fold, {})[seed] = value
     folds_sorted = sorted(folds, key=lambda f: (f is None, f if f is not None else 0))
@@ -413,7 +452,11 @@ def aggregate(entries: list[dict]) -> dict:
                 "mean": _mean_std(means) if (complete and means) else None,
             }
         out_rows.append({"keys": row["keys"], "metrics": cells})
-    return {"folds": ["all" if f is None else str(f) for f in folds_sorted], "rows": out_rows}
+    return {
+        "folds": ["all" if f is None else str(f) for f in folds_sorted],
+        "metrics": names,
+        "rows": out_rows,
+    }
 
 
 def _cell(v: dict | None) -> str:
@@ -442,7 +485,7 @@ def markdown(table: dict, title: str = "") -> str:
         f"Percent; mean ± sample std over {'/'.join(map(str, sorted(n)))} seed(s) "
         "where more than one.\n"
     )
-    for metric, name in METRICS.items():
+    for metric, name in table.get("metrics", METRICS).items():
         header = [labels[k] for k in keys] + fold_cols + (["mean"] if len(folds) > 1 else [])
         text.append(f"\n## {name}\n")
         text.append("| " + " | ".join(header or ["run"]) + " |")
@@ -469,7 +512,7 @@ def csv_text(table: dict) -> str:
         header += [f"{f}_mean", f"{f}_std", f"{f}_n"]
     w.writerow(header)
     for r in table["rows"]:
-        for metric in METRICS:
+        for metric in table.get("metrics", METRICS):
             c = r["metrics"][metric]
             line = [format_value(r["keys"].get(k, "")) for k in keys] + [metric]
             for v in [*(c["folds"].get(f) for f in folds), c["mean"]]:
@@ -521,7 +564,7 @@ def plot(table: dict, path: Path) -> Path | None:
         )
     ax.set_xticks(range(len(xs)), xs)
     ax.set_xlabel(x_key)
-    ax.set_ylabel("mIoU (%)")
+    ax.set_ylabel(f"{table.get('metrics', METRICS)['miou']} (%)")
     if len(series) > 1 or others:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -308,19 +308,54 @@ def test_setting_two_runlocal_through_the_evaluator(tmp_path):
     assert result["episodes"] == 8 and 0.0 <= result["miou"] <= 1.0
 
 
-def test_setting_one_runlocal(tmp_path):
-    config = _tiny(ssprompt_config.get_config("semantic,runlocal,shots=2"), tmp_path)
-    with config.unlocked():
-        config.data.max_eval_images = 8
-    result = s1.train(config, tmp_path / "s1")
-    steps = [json.loads(x)["step"] for x in open(tmp_path / "s1" / "metrics.jsonl")]
-    assert steps == [1, 2, 3] and result["train"]["step"] == 3
-    ev = result["eval"]
-    assert ev["images"] == 8 and 0.0 <= ev["miou"] <= 1.0 and 0 in ev["per_class_iou"]
-    saved = json.loads((tmp_path / "s1" / "semantic_results.json").read_text())
-    assert saved["eval"]["miou"] == pytest.approx(ev["miou"])
-    kshot = json.loads((tmp_path / "s1" / "kshot.json").read_text())
+def test_setting_one_runlocal_and_as_sweep_points(tmp_path):
+    """Setting 1 end to end, as two points of a `jaxvrp.sweep` (2 and 1 shots per class):
+    each point trains and scores through `ssprompt_semantic.train`; the sweep's table holds
+    their semantic mIoU and pixel accuracy; a finished point is skipped; --vmap is refused."""
+    from jaxvrp import sweep
+
+    base = _tiny(ssprompt_config.get_config("semantic,runlocal,shots=2"), tmp_path)
+    with base.unlocked():
+        base.data.max_eval_images = 8
+    points = [
+        sweep.Point(i, f"shots={k}", {"data.shots": k}, sweep.point_config(base, {"data.shots": k}))
+        for i, k in enumerate((2, 1))
+    ]
+    work = tmp_path / "sweep"
+    got = [sweep.run_point(p, work) for p in points]
+    s1_dir = work / "shots=2"
+    steps = [json.loads(x)["step"] for x in open(s1_dir / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+    saved = json.loads((s1_dir / "semantic_results.json").read_text())
+    assert saved["train"]["step"] == 3
+    ev = saved["eval"]
+    assert ev["images"] == 8 and 0.0 <= ev["miou"] <= 1.0 and "0" in ev["per_class_iou"]
+    kshot = json.loads((s1_dir / "kshot.json").read_text())
     assert len(kshot["images"]) == 20 and all(len(v) == 2 for v in kshot["images"].values())
+    for p, result in zip(points, got, strict=True):
+        (name,) = result
+        point_saved = json.loads((work / p.name / "semantic_results.json").read_text())
+        assert result[name]["miou"] == pytest.approx(point_saved["eval"]["miou"])
+        assert json.loads((work / p.name / "eval" / "results.json").read_text())[name][
+            "miou"
+        ] == pytest.approx(result[name]["miou"])
+    assert sweep.run_point(points[0], work) is None  # finished: skipped
+    table = sweep.write_results(work)
+    assert list(table["metrics"]) == ["miou", "pixel_accuracy"]
+    by_shots = {r["keys"]["data.shots"]: r["metrics"] for r in table["rows"]}
+    for p, result in zip(points, got, strict=True):
+        (r,) = result.values()
+        cells = by_shots[p.overrides["data.shots"]]
+        assert cells["miou"]["folds"]["all"]["mean"] == pytest.approx(100 * r["miou"])
+        assert cells["pixel_accuracy"]["folds"]["all"]["mean"] == pytest.approx(
+            100 * r["pixel_accuracy"]
+        )
+    md = (work / "results.md").read_text()
+    assert "## semantic mIoU" in md and "FB-IoU" not in md
+    stacked_point = sweep.Point(2, "stack", {}, base, members=[{"seed": 0}, {"seed": 1}])
+    with pytest.raises(ValueError, match="setting 1.*grid"):
+        sweep.run_point(stacked_point, work)
+    assert not (work / "stack").exists()  # refused before anything is written
 
 
 def test_segment_method_ssprompt(tmp_path):
