@@ -48,7 +48,9 @@ storage dtype ("bfloat16" only for a bf16 backbone) and the build fingerprint. S
 dilated at 512 px has layer2 512 + layer3 1024 + layer4 2048 channels at 64 x 64, 59 MB
 (56 MiB) per record in float32, 14x the ViT-H SAM embedding. The same pass writes them
 (after the SAM embeddings, printing both sizes first; resumable and split over hosts the
-same way); `QueryEmbeddings` adds `query_features/<stage>` (B, h, w, C) of `query_record`
+same way; with a `sam_<variant>` backbone, the SAM's own encoder, one encoder pass gives a
+record's stages and, through the SAM's neck on the last block, its embedding);
+`QueryEmbeddings` adds `query_features/<stage>` (B, h, w, C) of `query_record`
 and `support_features/<stage>` (B, K, h, w, C) of the episodes' `support_records` to the
 host batch. Learners that read other stages (HSNet and SAMIC read every bottleneck) or no
 backbone are refused with an error naming them (`backbone_stages`).
@@ -64,6 +66,7 @@ from absl import logging
 
 from jaxvrp import paths
 from jaxvrp.learners.protocol import FrozenSpec
+from jaxvrp.sam import model as sam_model
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float32", "bfloat16")
@@ -518,13 +521,47 @@ def precompute(
     for name, _, splits, _, _ in jobs:
         out[name] = {"computed": 0, "skipped": sum(m - len(x) for _, _, x, m in splits)}
         out[name].update(encoder_calls=0, bytes=sum(_bytes(st) * len(m) for st, _, m, _ in splits))
-    if any(todo for _, _, _, todo, _ in jobs):
+    both = []  # records missing from both the SAM and the backbone stores of a shared encoder
+    if len(jobs) == 2 and vrp.same_encoder(spec.backbone, spec.sam):
+        both, sam_todo, bb_todo = _shared_records(jobs[0][3], jobs[1][3])
+        jobs = [(*jobs[0][:3], sam_todo, jobs[0][4]), (*jobs[1][:3], bb_todo, jobs[1][4])]
+        if both and (p == 0 or process_index is not None):
+            print(
+                f"precompute: {len(both)} records get their SAM embedding and backbone stages "
+                "from one encoder pass (the backbone is the SAM's encoder)",
+                file=sys.stderr,
+            )
+    if both or any(todo for _, _, _, todo, _ in jobs):
         if frozen is None:
             frozen = frozen_lib.load(config, spec if stages is not None else FrozenSpec(spec.sam))
         # this host's devices only: records are independent, so hosts need no collective
         mesh = Mesh(np.array(jax.local_devices()), ("data",))
         batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
+        if both:
+            names = _all(stages)
+            neck = {k: frozen["sam"]["image_encoder"][k] for k in sam_model.NECK}
+            shared = {"computed": 0, "encoder_calls": 0}
+            _run(
+                config,
+                jax.jit(
+                    lambda prm, x: _shared_pass(prm, x, spec, names),
+                    in_shardings=(replicated, batch_sharding),
+                    out_shardings=batch_sharding,
+                ),
+                jax.device_put(
+                    {"backbone": frozen["backbone"], "sam": {"image_encoder": neck}}, replicated
+                ),
+                both,
+                batch_sharding,
+                per_device_batch,
+                progress,
+                shared,
+                "sam+backbone",
+            )
+            for name in ("sam", "backbone"):  # a shared call counts for both
+                out[name]["computed"] += shared["computed"]
+                out[name]["encoder_calls"] += shared["encoder_calls"]
         for name, _, _, todo, fn in jobs:
             if todo:
                 # only this pass's frozen model ("sam" or "backbone") goes on the devices
@@ -558,6 +595,35 @@ def precompute(
             process_count=n,
         )
     return stats
+
+
+def _shared_records(sam_todo: list, bb_todo: list) -> tuple[list, list, list]:
+    """(todo of the records both lists miss, with all their stores; the SAM's rest; the
+    backbone's rest). Items are (stores, src, record); a split is named by its stores' keys."""
+
+    def key(item):
+        store = next(iter(item[0].values()))
+        return store.key["dataset"], store.key["split"], item[2]
+
+    by_key = {key(t): t for t in bb_todo}
+    both = [({**t[0], **by_key[key(t)][0]}, t[1], t[2]) for t in sam_todo if key(t) in by_key]
+    done = {key(t) for t in both}
+    rest = lambda todo: [t for t in todo if key(t) not in done]
+    return both, rest(sam_todo), rest(bb_todo)
+
+
+def _shared_pass(prm, images, spec, names) -> dict:
+    """One pass of a `sam_<variant>` backbone (the SAM's own encoder) giving the backbone's
+    stages and, through the SAM's neck on its last block, the SAM embedding (as
+    `vrp.frozen_features` computes the query's in the step)."""
+    from jaxvrp import backbones
+    from jaxvrp.learners import vrp
+
+    out = backbones.apply(
+        prm["backbone"], vrp.backbone_input_of(images, spec.backbone), config=spec.backbone
+    )
+    emb = sam_model.encode_neck(prm["sam"], out["layer4"], config=spec.sam)
+    return {"sam": jax.lax.stop_gradient(emb), **{s: jax.lax.stop_gradient(out[s]) for s in names}}
 
 
 def _bytes(stores: dict) -> int:

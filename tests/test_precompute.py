@@ -554,3 +554,44 @@ def test_a_dinov2_backbone_stores_its_layer3_prefix_tokens(tmp_path):
     missing = {k: v for k, v in with_stages.items() if k != "support_features/layer3_prefix"}
     with pytest.raises(KeyError, match="layer3_prefix"):
         shots(params, missing)
+
+
+def test_a_sam_encoder_backbone_gets_embedding_and_stages_from_one_pass(tmp_path, filled):
+    """With a `sam_<variant>` backbone (the SAM's own encoder), the records missing from
+    both stores get their SAM embedding and backbone stages from one encoder call; a record
+    missing from one store only is computed by that store's pass alone."""
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp.data import datasets, episodes
+    from jaxvrp.learners import frozen_sam
+
+    tmp, *_ = filled
+    config = _config(tmp, feature_cache=str(tmp_path / "f"), backbone_features=True)
+    config.model.backbone = "sam_test_small_image"  # the runlocal SAM's own encoder
+    first = precompute.precompute(config, progress=False, which=(1,))
+    n = len(datasets.source(config, "procedural", "test"))
+    calls = -(-n // 8)  # 1 image per device and call
+    assert first["computed"] == n and first["encoder_calls"] == calls  # shared calls
+    assert first["backbone"]["computed"] == n and first["backbone"]["encoder_calls"] == calls
+
+    sam = _sam(config)
+    lconfig = vrp.make_config(**config.model.to_dict())
+    spec = vrp_learner().frozen(lconfig)
+    store = precompute.sam_store(config, sam, "procedural", "test")
+    stages = precompute.backbone_stores(
+        config, spec, ("layer2", "layer3", "layer4"), "procedural", "test"
+    )
+    src = datasets.source(config, "procedural", "test")
+    image = episodes.load_example(src, 3, 0, config.data.image_size)[0]
+    frozen = frozen_lib.load(config, spec)
+    want_emb = np.asarray(frozen_sam.image_embeddings(frozen["sam"], image[None], sam))[0]
+    want = vrp.stored_stages(frozen["backbone"], image[None], lconfig.backbone, tuple(stages))
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert rel(store.get(3), want_emb) <= 1e-5  # the neck on the last block = the SAM's own
+    for name, st in stages.items():
+        assert rel(st.get(3), np.asarray(want[name])[0]) <= 1e-5, name
+
+    store.path(3).unlink()  # missing from the SAM store only: the SAM's pass alone
+    again = precompute.precompute(config, progress=False, which=(1,))
+    assert again["computed"] == 1 and again["encoder_calls"] == 1
+    assert again["backbone"]["computed"] == 0 and again["backbone"]["encoder_calls"] == 0
+    assert rel(store.get(3), want_emb) <= 1e-5

@@ -374,11 +374,16 @@ def shares_sam_encoder(config: VRPConfig) -> bool:
     """Whether the backbone is the prompted SAM's own encoder ("sam_<variant>" of the same
     architecture and compute dtype: `jaxvrp.frozen` gives it the SAM's encoder weights), so
     that one encoder pass on the query gives both its backbone stages and its embedding."""
-    bb = config.backbone
+    return same_encoder(config.backbone, config.sam)
+
+
+def same_encoder(bb: Any, sam: Any) -> bool:
+    """`shares_sam_encoder` for a backbone config and a `SamConfig` (either may be None)."""
     return (
         isinstance(bb, SamViTConfig)
-        and bb.sam_config.architecture() == config.sam.architecture()
-        and bb.sam_config.dtype == config.sam.dtype
+        and sam is not None
+        and bb.sam_config.architecture() == sam.architecture()
+        and bb.sam_config.dtype == sam.dtype
     )
 
 
