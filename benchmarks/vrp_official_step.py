@@ -25,6 +25,11 @@ references, 50 queries, random weights: the official modules initialised under
   `jaxvrp.precompute` stores it) and "precomputed_backbone" (also the backbone's stored
   stages, `data.backbone_features`). Compile time is reported apart and not in the step time.
 
+`--eval`: one evaluation batch instead (episodes/s reported too): official = the body of
+`train.py`'s loop with `training=False` under `torch.no_grad()` (`model.eval()`, the same
+forward, the sigmoid > 0.5 mask and the loss it logs, no backward), cold and warm as above;
+jaxvrp = the evaluator's jitted `learner.apply` (`jaxvrp.evaluate`) in the same three cases.
+
 Prints JSON: seconds per step (median over `--steps` steps after one untimed step for the
 jaxvrp cases; every official cold step is timed, as each is a first encoder call for its
 queries) and the ratios official / jaxvrp. `--smoke`: 128² episodes, 8 queries, one step each,
@@ -121,7 +126,9 @@ def official_model(repo: Path, num_queries: int):
     return vrp, sam, SAM2pred
 
 
-def time_official(repo: Path, data: dict, steps: int, num_queries: int) -> tuple[dict, dict]:
+def time_official(
+    repo: Path, data: dict, steps: int, num_queries: int, evaluation: bool = False
+) -> tuple[dict, dict]:
     """({"cold": [s, ...], "warm": [...]}, the official state dicts as numpy)."""
     import torch
 
@@ -143,7 +150,7 @@ def time_official(repo: Path, data: dict, steps: int, num_queries: int) -> tuple
     q, s = nchw(data["query_image"]), nchw(data["support_images"][:, 0])
     m = torch.from_numpy(data["support_annotations"][:, 0])
     qm = torch.from_numpy(data["query_mask"])
-    vrp.train_mode()
+    vrp.eval() if evaluation else vrp.train_mode()
 
     def step(names):
         t = time.perf_counter()
@@ -154,6 +161,19 @@ def time_official(repo: Path, data: dict, steps: int, num_queries: int) -> tuple
         loss.backward()
         optimizer.step()
         return time.perf_counter() - t
+
+    def eval_step(names):  # train.py's loop with training=False, under torch.no_grad()
+        t = time.perf_counter()
+        with torch.no_grad():
+            protos, _ = vrp("mask", q, s, m, False)
+            low_masks, _ = sam(q, names, protos)
+            pred = (torch.sigmoid(low_masks) > 0.5).float()
+            loss = vrp.compute_objective(low_masks, qm)
+        float(loss), float(pred.sum())  # the values its meter reads
+        return time.perf_counter() - t
+
+    if evaluation:
+        step = eval_step
 
     b = q.shape[0]
     names = [[f"step{i}_query{j}" for j in range(b)] for i in range(steps)]
@@ -177,15 +197,18 @@ def jaxvrp_config(size: int, num_queries: int):
     return config
 
 
-def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
-    """{case: {"compile_s", "step_s"}}: official weights when `state` is given."""
+def time_jaxvrp(
+    config, data: dict, steps: int, state: dict | None, evaluation: bool = False
+) -> dict:
+    """{case: {"first_call_s", "step_s"}}: official weights when `state` is given; with
+    `evaluation` the evaluator's jitted `learner.apply` instead of the train step."""
     import jax
 
     from conversion.sam import convert_sam_state_dict
     from conversion.vrp_sam import convert_vrp_sam_state_dict
     from jaxvrp import frozen as frozen_lib
     from jaxvrp import loop, train, trainer
-    from jaxvrp.learners import frozen_sam
+    from jaxvrp.learners import frozen_sam, protocol
     from jaxvrp.learners import vrp as vrp_lib
 
     learner = trainer.learner_of(config)
@@ -219,10 +242,25 @@ def time_jaxvrp(config, data: dict, steps: int, state: dict | None) -> dict:
     )
     out = {}
     for name, batch in cases.items():
+        if evaluation:  # what the evaluator runs: model inputs only, per-episode keys
+            batch = {**trainer.model_inputs(batch, learner, lconfig), "episode": np.arange(2, dtype=np.uint32)}
         batch = loop.global_batch(batch, batch_sharding)
-        step = trainer.compile_train_step(
-            lconfig, learner, optimizer, schedule, batch_sharding, replicated
-        )
+        if evaluation:
+            predict = jax.jit(
+                lambda p, f, b, r: learner.apply(
+                    p, f, b, config=lconfig, rng=protocol.example_keys(r, b["episode"])
+                ),
+                in_shardings=(replicated, replicated, batch_sharding, replicated),
+                out_shardings=batch_sharding,
+            )
+            params = jax.device_put(init.params, replicated)
+
+            def step(s, batch, rng, frozen, predict=predict, params=params):
+                return s, predict(params, frozen, batch, rng)
+        else:
+            step = trainer.compile_train_step(
+                lconfig, learner, optimizer, schedule, batch_sharding, replicated
+            )
         s, rng = jax.device_put(init, replicated), jax.random.key(1)
         t = time.perf_counter()
         s, m = step(s, batch, rng, frozen)
@@ -244,6 +282,7 @@ def main() -> None:
     p.add_argument("--official-repo", default="", help="a checkout of syp2ysy/VRP-SAM")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="128 px, 8 queries, 1 step")
+    p.add_argument("--eval", action="store_true", help="an evaluation batch, not a train step")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     size, queries, steps = (128, 8, 1) if args.smoke else (512, 50, args.steps)
@@ -252,7 +291,7 @@ def main() -> None:
 
     report = {
         "setting": f"SAM vit_b, resnet50_deepstem, {size}px, batch 2, 1-shot mask, {queries} "
-        "queries",
+        "queries" + (", evaluation" if args.eval else ", training step"),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
     }
@@ -262,12 +301,16 @@ def main() -> None:
         needed = (repo / "SAM2pred.py", repo / "model" / "VRP_encoder.py")
         if not all(f.is_file() for f in needed):
             raise SystemExit(f"--official-repo {repo}: no SAM2pred.py / model/VRP_encoder.py")
-        times, state = time_official(repo, data, steps, queries)
+        times, state = time_official(repo, data, steps, queries, args.eval)
         report["official"] = {
             k: {"step_s": statistics.median(v), "steps": v} for k, v in times.items()
         }
         print(json.dumps({"official": report["official"]}), file=sys.stderr, flush=True)
-    report["jaxvrp"] = time_jaxvrp(jaxvrp_config(size, queries), data, steps, state)
+    report["jaxvrp"] = time_jaxvrp(jaxvrp_config(size, queries), data, steps, state, args.eval)
+    if args.eval:  # episodes per second: 2 episodes a batch
+        for side in ("official", "jaxvrp"):
+            for case in report.get(side, {}).values():
+                case["episodes_per_s"] = 2 / case["step_s"]
     if state is not None:
         o, j = report["official"], report["jaxvrp"]
         report["ratios"] = {  # > 1: jaxvrp faster
