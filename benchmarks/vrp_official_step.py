@@ -243,7 +243,8 @@ def time_jaxvrp(
     out = {}
     for name, batch in cases.items():
         if evaluation:  # what the evaluator runs: model inputs only, per-episode keys
-            batch = {**trainer.model_inputs(batch, learner, lconfig), "episode": np.arange(2, dtype=np.uint32)}
+            episodes = np.arange(2, dtype=np.uint32)
+            batch = {**trainer.model_inputs(batch, learner, lconfig), "episode": episodes}
         batch = loop.global_batch(batch, batch_sharding)
         if evaluation:
             predict = jax.jit(
