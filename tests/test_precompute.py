@@ -479,7 +479,7 @@ def test_a_changed_backbone_checkpoint_dtype_or_build_is_another_key(tmp_path, s
     sam_bb = FrozenSpec(spec.sam, backbones.get_config("sam_test_small_image"))
     assert dirs(config, sam_bb).key["backbone_checkpoint"].startswith("sam_encoder:random:")
     # the dataset build
-    monkeypatch.setattr(precompute, "_fingerprint", lambda *a: "another build")
+    monkeypatch.setattr(precompute, "split_fingerprint", lambda *a: "another build")
     other.append(dirs(config))
     assert len({base.dir, *(o.dir for o in other)}) == 1 + len(other)
     assert not any(o.has(0) for o in other)
