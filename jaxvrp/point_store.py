@@ -100,14 +100,17 @@ def pairs(config, which) -> list[tuple[tuple[str, str], object, list[tuple[int, 
     from jaxvrp.data import datasets
 
     plan = datasets.plan(config)
+    sources: dict[tuple[str, str], object] = {}
     merged: dict[tuple[str, str], set] = {}
     for w in which:
         dataset, split, classes = plan[w]
-        src = datasets.source(config, dataset, split)
+        if (dataset, split) not in sources:
+            sources[dataset, split] = datasets.source(config, dataset, split)
+        src = sources[dataset, split]
         index = datasets.episode_index(config, src, train=w == 0)
         found = {(int(r), int(c)) for c in classes for r in index.records.get(c, ())}
         merged.setdefault((dataset, split), set()).update(found)
-    return [(ds, datasets.source(config, *ds), sorted(v)) for ds, v in merged.items()]
+    return [(ds, sources[ds], sorted(v)) for ds, v in merged.items()]
 
 
 def precompute_points(

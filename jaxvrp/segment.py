@@ -447,7 +447,7 @@ def _prepared(ckpt, batch: dict) -> dict:
     return batch if prepare is None else prepare(batch, ckpt.config)
 
 
-def _with_stored_points(ckpt, frozen, support: dict) -> dict:
+def _with_greedy_points(ckpt, frozen, support: dict) -> dict:
     """The references' "sam_greedy" points, computed once here with the frozen SAM, for a
     learner that reads them from `jaxvrp.point_store` in training and evaluation (SAMIC
     with `point_source="sam_greedy"`): the user's references are in no store."""
@@ -542,7 +542,7 @@ def segment(
         "support_images": np.stack(images)[None],
         "support_annotations": np.stack(anns)[None],
     }
-    support = _with_stored_points(ckpt, frozen, support)
+    support = _with_greedy_points(ckpt, frozen, support)
     _check_inputs(ckpt, frozen, support)
 
     try:
