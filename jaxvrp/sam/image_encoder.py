@@ -53,7 +53,9 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     q_coords = jnp.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
     k_coords = jnp.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return rel_pos[relative.astype(jnp.int32)]
+    # jnp.asarray: a numpy table (params as loaded, closed over by a jitted function) cannot
+    # be indexed by traced indices
+    return jnp.asarray(rel_pos)[relative.astype(jnp.int32)]
 
 
 def fused_implementation(head_dim: int, dtype: Dtype) -> str:

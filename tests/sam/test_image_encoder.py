@@ -45,6 +45,17 @@ def test_encoder_matches_official_vit_b_full_size():
     assert rel_l2(actual, expected) <= TOL
 
 
+def test_encoder_jitted_over_numpy_params_closed_over():
+    # params as the loaders give them (numpy), captured by the jitted function, not passed
+    _, params, config = official_and_params("test_small_image")
+    host = jax.tree.map(np.asarray, params)
+    s = config.image_size
+    images = np.random.RandomState(4).randn(1, s, s, 3).astype(np.float32)
+    closed = jax.jit(lambda x: encode_image(host, x, config=config))(images)
+    passed = jax.jit(partial(encode_image, config=config))(params, images)
+    np.testing.assert_allclose(closed, passed, rtol=1e-5, atol=1e-6)
+
+
 def test_window_partition_pads_and_round_trips():
     x = np.random.RandomState(0).randn(2, 64, 64, 3).astype(np.float32)
     windows, pad_hw = window_partition(x, 14)
