@@ -6,7 +6,8 @@ Every method is a learner config file of `configs/` with `arg`; `shared` is appl
 `overrides`. Trainable methods are trained on fold 0's base classes and every method is
 evaluated on the same episodes of the novel classes. `--runlocal` (arg "runlocal") runs
 every stage at a tiny size (the tests). The paths (`frozen.sam_checkpoint`,
-`data.data_dir`, `data.embedding_cache`) come from the command line.
+`data.data_dir`, `data.feature_cache`) come from the command line (the demo precomputes the
+frozen features, `jaxvrp.precompute`).
 """
 
 import ml_collections

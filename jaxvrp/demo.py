@@ -6,10 +6,14 @@ Stages (each timed and logged; training shows a progress bar):
    images of 128 px) under `OUT/tfds`.
 2. SAM: the embedded default SAM (`jaxvrp/assets/sam_tiny_128`, trained by
    `python -m jaxvrp.sam.train --config configs/sam.py`), frozen.
-3. VRP-SAM and ProSAM: trained on fold 0's base classes (15 of the 20 classes), mask
-   references, 1 shot. The semantic backbone is the embedded SAM's own image encoder
-   (arch "sam_tiny_128"): it is the only model on the machine that has seen these images'
-   kind, so it needs no download and no extra training, and it costs no extra parameters.
+3. VRP-SAM, ProSAM, HSNet and SAMIC: trained on fold 0's base classes (15 of the 20
+   classes), mask references, 1 shot. The frozen SAM embedding of every image, and the
+   backbone stages VRP-SAM, ProSAM and GP-SAM read, are computed once by `jaxvrp.precompute`
+   (`OUT/features`) before the first training and evaluation that need them, and read by
+   every row's steps instead of running the frozen encoder. The semantic backbone is the
+   embedded SAM's own image encoder (arch "sam_tiny_128"): it is the only model on the
+   machine that has seen these images' kind, so it needs no download and no extra
+   training, and it costs no extra parameters.
 4. evaluation on fold 0's 5 novel classes (fixed episodes of the test split), next to
    GP-SAM (points / box / both sampled from the pseudo-mask, VRP-SAM paper §5.3) and SAM
    with the oracle box (the upper bound: perfect localisation).
@@ -60,6 +64,12 @@ def _parse_overrides(config, text: str) -> dict:
     return out
 
 
+def serves_backbone_stages(learner) -> bool:
+    """Whether `jaxvrp.precompute` can serve the learner its backbone stages (the learners on
+    `vrp.shot_features` declare `query_features/<stage>` batch keys)."""
+    return any(k.startswith("query_features/") for k in learner.batch_keys)
+
+
 def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict:
     """{title: the ml-collections config of that method in the demo} (`configs/demo.py`)."""
     cfgs = {}
@@ -70,7 +80,11 @@ def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict
         configs.override(c, _parse_overrides(c, m.overrides), where=f"configs/{m.config}.py")
         c.frozen.sam_checkpoint = str(sam_dir)
         c.data.data_dir = str(out / "tfds")
-        c.data.embedding_cache = str(out / "embeddings")
+        # the frozen SAM's embeddings (and the backbone's stages, for the learners that read
+        # them) of every image, computed once by `jaxvrp.precompute` and shared by all rows
+        c.data.feature_cache = str(out / "features")
+        c.data.precompute = True
+        c.data.backbone_features = serves_backbone_stages(trainer.learner_of(c))
         if steps is not None:
             c.steps_per_epoch = steps
         c.lock()

@@ -72,6 +72,12 @@ def test_demo_stages_and_segment_with_its_learner(tmp_path):
     legend = grid[26 + 2 * 68 :].reshape(-1, 3)
     for colour, _ in demo.LEGEND:  # every colour of the overlays has its swatch
         assert (legend == colour).all(axis=1).sum() >= 100, colour
+    # the frozen features were precomputed once for all rows: the SAM embeddings of both
+    # splits and the backbone stages VRP-SAM, ProSAM and GP-SAM read
+    stores = {p.name.rsplit("_", 1)[0] for p in (out / "features").iterdir()}
+    for split in ("train", "test"):
+        assert f"sam_procedural_{split}" in stores
+        assert {f"backbone_layer{n}_procedural_{split}" for n in (2, 3, 4)} <= stores
     for learner in ("vrp_sam", "prosam", "hsnet", "samic"):
         ckpt = checkpoint.load(out / learner / "learner")
         assert ckpt.learner.name == learner and ckpt.image_size == 64
