@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxvrp import assets, configs, evaluate, metrics, paths, trainer
+from jaxvrp import assets, configs, evaluate, metrics, paths, precompute, trainer
 from jaxvrp import frozen as frozen_lib
 from jaxvrp import train as train_lib
 from jaxvrp.data import datasets
@@ -64,12 +64,6 @@ def _parse_overrides(config, text: str) -> dict:
     return out
 
 
-def serves_backbone_stages(learner) -> bool:
-    """Whether `jaxvrp.precompute` can serve the learner its backbone stages (the learners on
-    `vrp.shot_features` declare `query_features/<stage>` batch keys)."""
-    return any(k.startswith("query_features/") for k in learner.batch_keys)
-
-
 def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict:
     """{title: the ml-collections config of that method in the demo} (`configs/demo.py`)."""
     cfgs = {}
@@ -84,7 +78,9 @@ def method_configs(demo, out: Path, sam_dir: Path, *, steps: int | None) -> dict
         # them) of every image, computed once by `jaxvrp.precompute` and shared by all rows
         c.data.feature_cache = str(out / "features")
         c.data.precompute = True
-        c.data.backbone_features = serves_backbone_stages(trainer.learner_of(c))
+        learner = trainer.learner_of(c)
+        lconfig = learner.make_config(**c.model.to_dict())
+        c.data.backbone_features = precompute.serves_backbone_stages(learner, lconfig)
         if steps is not None:
             c.steps_per_epoch = steps
         c.lock()

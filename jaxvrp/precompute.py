@@ -370,6 +370,23 @@ def backbone_stores(config, spec, stages, dataset: str, split: str, root=None) -
     }
 
 
+def _declared_stages(learner) -> dict[str, tuple[str, ...]]:
+    """{"query": stages, "support": stages} the learner declares as `<role>_features/<stage>`
+    batch keys (the learners on `vrp.shot_features`)."""
+    return {
+        role: tuple(
+            k.split("/", 1)[1] for k in learner.batch_keys if k.startswith(f"{role}_features/")
+        )
+        for role in ("query", "support")
+    }
+
+
+def serves_backbone_stages(learner, lconfig) -> bool:
+    """Whether `data.backbone_features` can serve `learner` (with `lconfig`) its frozen
+    backbone's stages (`backbone_stages` refuses the others)."""
+    return learner.frozen(lconfig).backbone is not None and bool(_declared_stages(learner)["query"])
+
+
 def backbone_stages(config, learner, lconfig) -> dict[str, tuple[str, ...]] | None:
     """{"query": stages, "support": stages} of the frozen backbone to precompute and serve
     for `learner` when `config.data.backbone_features`, else None. Served: the learners that
@@ -381,11 +398,8 @@ def backbone_stages(config, learner, lconfig) -> dict[str, tuple[str, ...]] | No
     if not config.data.get("feature_cache", ""):
         raise ValueError("config.data.backbone_features=True needs config.data.feature_cache=DIR")
     spec = learner.frozen(lconfig)
-    declared = {
-        role: tuple(k.split("/", 1)[1] for k in learner.batch_keys if k.startswith(f"{role}_"))
-        for role in ("query", "support")
-    }
-    if spec.backbone is None or not declared["query"]:
+    declared = _declared_stages(learner)
+    if not serves_backbone_stages(learner, lconfig):
         raise ValueError(
             f"config.data.backbone_features=True: learner {learner.name!r} reads no "
             "precomputed backbone stages (served: the learners on vrp.shot_features, e.g. "
