@@ -11,8 +11,10 @@ device; `--size issue` is instead configs/vrp_sam.py with SAM vit_b, the deep-st
 batch of the procedural benchmark (the data pipeline is not timed). "precomputed" adds the
 batch's `query_embedding` (computed once, as `jaxvrp.precompute` stores it) so the step
 skips the query's SAM embedding; the backbone still runs. "precomputed_backbone" also adds
-the backbone's stored stages (`data.backbone_features`: the query's layer2-4, the
-references' layer2-3), so only each reference's layer4 runs. Prints JSON: compile seconds
+the backbone's stored stages (`data.backbone_features`, the learner's
+`Learner.backbone_stages`: for VRP-SAM/ProSAM the query's layer2-4 and the references'
+layer2-3, so only each reference's layer4 runs; for HSNet/SAMIC every stage they correlate,
+so no backbone runs). Prints JSON: compile seconds
 and the median seconds per step over `--repeats` runs of `--steps` steps, and the ratios.
 Use it to compare commits (same machine, same run of this script per commit).
 """
@@ -92,9 +94,12 @@ def main() -> None:
             frozen["sam"], inputs["query_image"]
         )
         batches["precomputed"] = {**inputs, "query_embedding": np.asarray(emb)}
-    if spec.backbone is not None and "query_features/layer4" in learner.batch_keys:
+    if spec.backbone is not None and learner.backbone_stages is not None:
         batches["precomputed_backbone"] = vrp_lib.with_stored_stages(
-            batches["precomputed"], frozen["backbone"], spec.backbone
+            batches.get("precomputed", inputs),
+            frozen["backbone"],
+            spec.backbone,
+            learner.backbone_stages(lconfig),
         )
     for name, host_batch in batches.items():
         batch = loop.global_batch(host_batch, batch_sharding)

@@ -142,7 +142,7 @@ GP_SAM = registry.register(
         apply=gp_sam,
         frozen=lambda c: vrp.frozen_spec(c.vrp),
         module=__name__,
-        batch_keys=vrp.BACKBONE_FEATURE_KEYS,  # precomputed stages (vrp.shot_features)
+        backbone_stages=lambda c: vrp.precomputable_stages(c.vrp),  # vrp.shot_features
     )
 )
 ORACLE_BOX = registry.register(

@@ -273,6 +273,7 @@ def run(out: Path, *, runlocal: bool = False, steps: int | None = None, sam_dir=
             progress=True,
             on_batch=keep,
         )
+        stage(f"    evaluated {m.title}: mIoU {100 * results[m.title]['miou']:.1f}")
 
     stage("5/5 results")
     table = metrics.markdown_table(results)

@@ -31,12 +31,17 @@ float32 (`jaxvrp.sam.model.Sam.encode_image`). A float32 SAM stored in bf16 woul
 results, and is refused.
 
 Backbone stages (`config.data.backbone_features = True`, opt-in: they are large): the frozen
-backbone's annotation-independent features, for the learners on `vrp.shot_features`
-(VRP-SAM, ProSAM, GP-SAM, which declare the `query_features/<stage>` batch keys): the
-query's layer2, layer3, layer4 and each reference's layer2, layer3 (its layer4 runs on the
-annotation-masked layer3, so it stays in the step), plus a DINOv2's `layer3_prefix` class /
-register tokens, which its layer4 continues from. The query's and a reference's stages of
-a record are the same arrays, so each record stores each stage once, one store per stage:
+backbone's annotation-independent features, the stages a learner declares as
+`Learner.backbone_stages`. For the learners on `vrp.shot_features` (VRP-SAM, ProSAM,
+GP-SAM): the query's layer2, layer3, layer4 and each reference's layer2, layer3 (its layer4
+runs on the annotation-masked layer3, so it stays in the step), plus a DINOv2's
+`layer3_prefix` class / register tokens, which its layer4 continues from. For HSNet and
+SAMIC (`hsnet.precomputable_stages`): every map its hypercorrelation reads, for the query
+and the references alike (a ResNet's bottlenecks, a VGG's convs, or a SAM encoder's
+layer1-4, pooled to HSNet's pyramid in the step; the references are masked in the step,
+after the backbone, so their stages are annotation-independent too). The query's and a
+reference's stages of a record are the same arrays, so each record stores each stage once,
+one store per stage:
 
     DIR/backbone_<stage>_<dataset>_<split>_<key hash>/<record>.npy   # (h, w, C)
 
@@ -52,8 +57,8 @@ same way; with a `sam_<variant>` backbone, the SAM's own encoder, one encoder pa
 record's stages and, through the SAM's neck on the last block, its embedding);
 `QueryEmbeddings` adds `query_features/<stage>` (B, h, w, C) of `query_record`
 and `support_features/<stage>` (B, K, h, w, C) of the episodes' `support_records` to the
-host batch. Learners that read other stages (HSNet and SAMIC read every bottleneck) or no
-backbone are refused with an error naming them (`backbone_stages`).
+host batch. Learners that declare no stages (Matcher) or read no backbone are refused with
+an error naming them (`backbone_stages`).
 """
 
 import hashlib
@@ -370,46 +375,32 @@ def backbone_stores(config, spec, stages, dataset: str, split: str, root=None) -
     }
 
 
-def _declared_stages(learner) -> dict[str, tuple[str, ...]]:
-    """{"query": stages, "support": stages} the learner declares as `<role>_features/<stage>`
-    batch keys (the learners on `vrp.shot_features`)."""
-    return {
-        role: tuple(
-            k.split("/", 1)[1] for k in learner.batch_keys if k.startswith(f"{role}_features/")
-        )
-        for role in ("query", "support")
-    }
-
-
 def serves_backbone_stages(learner, lconfig) -> bool:
     """Whether `data.backbone_features` can serve `learner` (with `lconfig`) its frozen
-    backbone's stages (`backbone_stages` refuses the others)."""
-    return learner.frozen(lconfig).backbone is not None and bool(_declared_stages(learner)["query"])
+    backbone's stages: it reads a backbone and declares `Learner.backbone_stages`
+    (`backbone_stages` refuses the others)."""
+    return learner.frozen(lconfig).backbone is not None and learner.backbone_stages is not None
 
 
 def backbone_stages(config, learner, lconfig) -> dict[str, tuple[str, ...]] | None:
     """{"query": stages, "support": stages} of the frozen backbone to precompute and serve
-    for `learner` when `config.data.backbone_features`, else None. Served: the learners that
-    read `vrp.shot_features` (they declare `query_features/<stage>` batch keys: VRP-SAM,
-    ProSAM, GP-SAM); the others (HSNet and SAMIC read every bottleneck, PerSAM etc. no
-    backbone) are refused, naming the learner."""
+    for `learner` when `config.data.backbone_features`, else None: its
+    `Learner.backbone_stages` (VRP-SAM, ProSAM and GP-SAM: `vrp.precomputable_stages`;
+    HSNet and SAMIC: `hsnet.precomputable_stages`). A learner without them (Matcher, or one
+    reading no backbone: PerSAM etc.) is refused, naming it."""
     if not config.data.get("backbone_features", False):
         return None
     if not config.data.get("feature_cache", ""):
         raise ValueError("config.data.backbone_features=True needs config.data.feature_cache=DIR")
-    spec = learner.frozen(lconfig)
-    declared = _declared_stages(learner)
     if not serves_backbone_stages(learner, lconfig):
         raise ValueError(
             f"config.data.backbone_features=True: learner {learner.name!r} reads no "
-            "precomputed backbone stages (served: the learners on vrp.shot_features, e.g. "
-            "vrp_sam, prosam, gp_sam); set data.backbone_features=False"
+            "precomputed backbone stages (served: the learners that declare "
+            "Learner.backbone_stages, e.g. vrp_sam, prosam, gp_sam, hsnet, samic); set "
+            "data.backbone_features=False"
         )
-    from jaxvrp.learners import vrp
-
-    # the declared stages this backbone has (a DINOv2's layer3 prefix tokens, not a ResNet's)
-    support = tuple(s for s in declared["support"] if s in vrp.support_stages(spec.backbone))
-    return {"query": declared["query"], "support": support}
+    stages = learner.backbone_stages(lconfig)
+    return {"query": tuple(stages["query"]), "support": tuple(stages["support"])}
 
 
 def backbone_feature_shapes(config, learner, lconfig) -> dict[str, tuple[int, ...]]:

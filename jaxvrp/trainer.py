@@ -126,7 +126,9 @@ def model_inputs(batch: dict, learner: Learner | None = None, lconfig: Any = Non
     bookkeeping such as `class_id`)."""
     if learner is not None and learner.prepare is not None:
         batch = learner.prepare(batch, lconfig)
-    keys = MODEL_INPUTS + (learner.batch_keys if learner is not None else ())
+    keys = MODEL_INPUTS
+    if learner is not None:
+        keys += learner.batch_keys + (learner.stage_keys(lconfig) if lconfig is not None else ())
     out = {k: batch[k] for k in keys if k in batch}
     if "episode" in batch:
         out["episode"] = episode_numbers(batch["episode"])

@@ -486,8 +486,6 @@ def test_a_changed_backbone_checkpoint_dtype_or_build_is_another_key(tmp_path, s
 
 
 def test_backbone_stages_refused_or_missing_are_clear_errors(tmp_path, stored):
-    from configs import hsnet
-
     config, *_ = stored
     learner = vrp_learner()
     lconfig = learner.make_config(**config.model.to_dict())
@@ -501,14 +499,16 @@ def test_backbone_stages_refused_or_missing_are_clear_errors(tmp_path, stored):
         read(batch)
     with pytest.raises(ValueError, match="needs config.data.feature_cache"):
         precompute.reader(_config(tmp_path, backbone_features=True), learner, lconfig, 1)
-    # HSNet reads every bottleneck: not served
-    h = hsnet.get_config("runlocal")
-    h.data.feature_cache, h.data.backbone_features = str(tmp_path / "h"), True
+    # Matcher reads a backbone (DINOv2) but declares no stages: not served
+    from configs import matcher
     from jaxvrp import trainer
 
-    hl = trainer.learner_of(h)
-    with pytest.raises(ValueError, match="learner 'hsnet' reads no precomputed backbone"):
-        precompute.reader(h, hl, hl.make_config(**h.model.to_dict()), 1)
+    m = matcher.get_config("runlocal,encoder=dinov2")
+    m.data.feature_cache, m.data.backbone_features = str(tmp_path / "m"), True
+    ml = trainer.learner_of(m)
+    assert ml.backbone_stages is None and ml.frozen(ml.make_config(**m.model.to_dict())).backbone
+    with pytest.raises(ValueError, match="learner 'matcher' reads no precomputed backbone"):
+        precompute.reader(m, ml, ml.make_config(**m.model.to_dict()), 1)
 
 
 def test_a_dinov2_backbone_stores_its_layer3_prefix_tokens(tmp_path):

@@ -69,7 +69,7 @@ from jaxvrp.backbones.sam_vit import SamViTConfig
 from jaxvrp.backbones.vgg import VGGConfig
 from jaxvrp.image import bilinear_matrix, resize_bilinear
 from jaxvrp.learners import registry
-from jaxvrp.learners.protocol import FrozenSpec, Learner
+from jaxvrp.learners.protocol import FrozenSpec, Learner, stored_features
 
 Params = Any
 NAME = "hsnet"
@@ -172,31 +172,52 @@ def group_channels(backbone: Any) -> tuple[int, int, int]:
     return tuple(len(g) for g in feature_groups(backbone))
 
 
-def extract_features(backbone_params: Params, images: jax.Array, backbone: Any) -> dict:
-    """The HSNet feature maps of normalised images (N, H, W, 3): {key: (N, h, w, C)}."""
+def precomputable_stages(config: HSNetConfig) -> dict[str, tuple[str, ...]]:
+    """`Learner.backbone_stages` of HSNet (and SAMIC): the backbone outputs its feature maps
+    come from, the same for the query and the references (their masking comes after the
+    backbone, `mask_features`): a SAM encoder's `VIT_GROUPS` stages (pooled in the step,
+    `pyramid`), else every map of `feature_groups`."""
+    bb = config.backbone
+    if isinstance(bb, SamViTConfig):
+        names = tuple(dict.fromkeys(n for group in VIT_GROUPS for n, _ in group))
+    else:
+        names = tuple(k for group in feature_groups(bb) for k in group)
+    return {"query": names, "support": names}
+
+
+def backbone_stages(backbone_params: Params, images: jax.Array, backbone: Any) -> dict:
+    """The backbone outputs `pyramid` reads, of normalised images (N, H, W, 3): a SAM
+    encoder runs on the images resized (bilinear, align_corners=True, as SAM's own input) to
+    its input size, the others on the images as they are (what `jaxvrp.precompute` stores,
+    `vrp.stored_stages`)."""
     if isinstance(backbone, SamViTConfig):
-        return _vit_pyramid(backbone_params, images, backbone)
+        s = (backbone.image_size, backbone.image_size)
+        if images.shape[1:3] != s:
+            images = resize_bilinear(images, s, align_corners=True)
     feats = backbones.apply(backbone_params, images, config=backbone)
-    keys = [k for group in feature_groups(backbone) for k in group]
-    return {k: jax.lax.stop_gradient(feats[k]) for k in keys}
+    names = precomputable_stages(HSNetConfig(backbone=backbone))["query"]
+    return {k: jax.lax.stop_gradient(feats[k]) for k in names}
 
 
-def _vit_pyramid(backbone_params: Params, images: jax.Array, backbone: SamViTConfig) -> dict:
-    """`VIT_GROUPS`' maps: SAM's encoder on the images resized (bilinear, align_corners=True,
-    as SAM's own input) to its input size, its stages average-pooled by their factors."""
-    s = (backbone.image_size, backbone.image_size)
-    if images.shape[1:3] != s:
-        images = resize_bilinear(images, s, align_corners=True)
-    feats = backbones.apply(backbone_params, images, config=backbone)
+def pyramid(stages: dict, backbone: Any) -> dict:
+    """HSNet's feature maps {key: (N, h, w, C)} (`feature_groups`' keys) from the backbone
+    outputs `backbone_stages`: a ResNet's or VGG's as they are; a SAM encoder's
+    `VIT_GROUPS` stages average-pooled by their factors (`<stage>_pool<factor>`)."""
+    if not isinstance(backbone, SamViTConfig):
+        return {k: stages[k] for group in feature_groups(backbone) for k in group}
     out = {}
     for n, f in (pair for group in VIT_GROUPS for pair in group):
-        x = feats[n]
+        x = stages[n]
         b, h, w, c = x.shape
         if h % f or w % f:
             raise ValueError(f"SAM encoder map {n} is {h}x{w}, not divisible by its pooling {f}")
-        x = x.reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
-        out[f"{n}_pool{f}"] = jax.lax.stop_gradient(x)
+        out[f"{n}_pool{f}"] = x.reshape(b, h // f, f, w // f, f, c).mean(axis=(2, 4))
     return out
+
+
+def extract_features(backbone_params: Params, images: jax.Array, backbone: Any) -> dict:
+    """The HSNet feature maps of normalised images (N, H, W, 3): {key: (N, h, w, C)}."""
+    return pyramid(backbone_stages(backbone_params, images, backbone), backbone)
 
 
 def _unit(f: jax.Array) -> jax.Array:
@@ -390,27 +411,52 @@ def correlation_logits(
     support_weights: jax.Array,
     *,
     config: HSNetConfig,
+    query_stages: dict | None = None,
+    support_stages: dict | None = None,
 ) -> jax.Array:
     """One-shot HSNet: the official `HypercorrSqueezeNetwork.forward`, channels last.
 
     query_images, support_images (B, H, W, 3) ImageNet-normalised; support_weights (B, H, W)
     float in [0, 1] (mask or heat map). Returns 2-class logits (B, H, W, 2) (background,
     foreground), resized (bilinear, align_corners=True) to the input size.
+    `query_stages` / `support_stages`: the images' precomputed `backbone_stages` {stage:
+    (B, h, w, C)}, used instead of running the backbone on them.
     """
     b = query_images.shape[0]
     if support_images.shape != query_images.shape:
         raise ValueError(f"support {support_images.shape} != query {query_images.shape}")
     if support_weights.shape != query_images.shape[:3]:
         raise ValueError(f"support_weights {support_weights.shape} != {query_images.shape[:3]}")
-    # One backbone pass for both (frozen BN: each image is independent of the others).
-    feats = extract_features(
-        backbone_params, jnp.concatenate([query_images, support_images]), config.backbone
-    )
-    query = {k: f[:b] for k, f in feats.items()}
-    support = mask_features({k: f[b:] for k, f in feats.items()}, support_weights)
+    bb = config.backbone
+    if query_stages is None and support_stages is None:
+        # One backbone pass for both (frozen BN: each image is independent of the others).
+        feats = extract_features(
+            backbone_params, jnp.concatenate([query_images, support_images]), bb
+        )
+        query = {k: f[:b] for k, f in feats.items()}
+        support = {k: f[b:] for k, f in feats.items()}
+    else:
+        query, support = (
+            pyramid(st, bb) if st is not None else extract_features(backbone_params, x, bb)
+            for st, x in ((query_stages, query_images), (support_stages, support_images))
+        )
+    support = mask_features(support, support_weights)
     corrs = hypercorrelation(query, support, config.backbone)
     out = HPNLearner(config).apply({"params": params}, *corrs)
     return resize_bilinear(out, query_images.shape[1:3], align_corners=True)
+
+
+def shot_stages(batch: dict, k: int) -> tuple[dict | None, dict | None]:
+    """The batch's precomputed stages (`precomputable_stages`) per (query, shot) pair, shots
+    folded into the batch as `shot_logits` folds the images: the query's `query_features/*`
+    (B, ...) repeated K times, the references' `support_features/*` (B, K, ...) flattened;
+    None for a role the batch has none of."""
+    q, s = stored_features(batch, "query"), stored_features(batch, "support")
+    if q is not None:
+        q = {n: jnp.repeat(jnp.asarray(v), k, axis=0) for n, v in q.items()}
+    if s is not None:
+        s = {n: jnp.asarray(v).reshape(-1, *v.shape[2:]) for n, v in s.items()}
+    return q, s
 
 
 def shot_logits(params: Params, frozen: Params, batch: dict, *, config: HSNetConfig) -> jax.Array:
@@ -420,6 +466,7 @@ def shot_logits(params: Params, frozen: Params, batch: dict, *, config: HSNetCon
     a = jnp.asarray(batch["support_annotations"], jnp.float32)
     b, k = s.shape[:2]
     qk = jnp.broadcast_to(q[:, None], s.shape).reshape(b * k, *q.shape[1:])
+    query_stages, support_stages = shot_stages(batch, k)
     out = correlation_logits(
         params,
         frozen["backbone"],
@@ -427,6 +474,8 @@ def shot_logits(params: Params, frozen: Params, batch: dict, *, config: HSNetCon
         s.reshape(b * k, *s.shape[2:]),
         a.reshape(b * k, *a.shape[2:]),
         config=config,
+        query_stages=query_stages,
+        support_stages=support_stages,
     )
     return out.reshape(b, k, *out.shape[1:])
 
@@ -505,5 +554,6 @@ LEARNER = registry.register(
         loss_fn=loss_fn,
         frozen=frozen_spec,
         module=__name__,
+        backbone_stages=precomputable_stages,
     )
 )

@@ -250,6 +250,6 @@ LEARNER = registry.register(
         loss_fn=loss_fn,
         frozen=frozen_spec,
         module=__name__,
-        batch_keys=vrp.BACKBONE_FEATURE_KEYS,  # precomputed stages (vrp.shot_features)
+        backbone_stages=lambda c: vrp.precomputable_stages(c.vrp),  # vrp.shot_features
     )
 )

@@ -34,6 +34,12 @@ only ever call these fields; none of them knows any method by name.
   again in a fresh process (e.g. by `jaxvrp segment` reading its checkpoint) through it.
 - `batch_keys`: the batch arrays `apply` / `loss_fn` read beyond the standard ones
   (`jaxvrp.trainer.MODEL_INPUTS`).
+- `backbone_stages(config) -> {"query": stages, "support": stages}`: optional, the frozen
+  backbone's annotation-independent stages the learner can read precomputed from the batch
+  as `<role>_features/<stage>` arrays, (B, h, w, C) for the query and (B, K, h, w, C) for
+  the references, each `jaxvrp.backbones.apply(...)[stage]` of the image at the backbone's
+  input (`vrp.backbone_input_of`). `jaxvrp.precompute` stores and serves them with
+  `data.backbone_features`; without them in the batch the learner runs its backbone.
 - `prepare(batch, config) -> batch`: optional, host side (numpy), called by every tool on
   each host batch before it is sharded: derives the learner's own `batch_keys` from the
   standard ones (e.g. SAMIC's point prompts from the reference masks).
@@ -104,10 +110,27 @@ class Learner:
     module: str = ""
     batch_keys: tuple[str, ...] = ()
     prepare: Callable[[dict, Any], dict] | None = None
+    backbone_stages: Callable[[Any], dict[str, tuple[str, ...]]] | None = None
+
+    def stage_keys(self, config: Any) -> tuple[str, ...]:
+        """The `<role>_features/<stage>` batch keys of `backbone_stages(config)` (none
+        without it)."""
+        if self.backbone_stages is None:
+            return ()
+        stages = self.backbone_stages(config)
+        return tuple(f"{r}_features/{s}" for r in ("query", "support") for s in stages[r])
 
     @property
     def trainable(self) -> bool:
         return self.loss_fn is not None
+
+
+def stored_features(batch: dict, role: str) -> dict[str, jax.Array] | None:
+    """The batch's precomputed `<role>_features/<stage>` arrays as {stage: array}, or None
+    when it has none (`role`: "query" or "support")."""
+    head = f"{role}_features/"
+    found = {k[len(head) :]: v for k, v in batch.items() if k.startswith(head)}
+    return found or None
 
 
 def no_params(rng: Any, config: Any) -> dict:

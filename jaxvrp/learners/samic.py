@@ -196,6 +196,7 @@ def heatmap(params: Params, frozen: Params, batch: dict, *, config: SAMICConfig)
     b, k = support.shape[:2]
     size = query.shape[1:3]
     weights = reference_heatmaps(batch, config)
+    query_stages, support_stages = hsnet.shot_stages(batch, k)  # precomputed, when served
     logits = hsnet.correlation_logits(
         params,
         frozen["backbone"],
@@ -203,6 +204,8 @@ def heatmap(params: Params, frozen: Params, batch: dict, *, config: SAMICConfig)
         support.reshape(b * k, *support.shape[2:]),
         weights.reshape(b * k, *weights.shape[2:]),
         config=config.hsnet,
+        query_stages=query_stages,
+        support_stages=support_stages,
     )
     if logits.shape[1:3] != size:  # HSNet's own final upsampling (align_corners=True)
         logits = resize_bilinear(logits, size, align_corners=True)
@@ -429,5 +432,6 @@ LEARNER = registry.register(
         module=__name__,
         batch_keys=POINT_KEYS,
         prepare=prepare,
+        backbone_stages=lambda c: hsnet.precomputable_stages(c.hsnet),
     )
 )

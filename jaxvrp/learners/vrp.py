@@ -17,7 +17,7 @@ Batch (all arrays, fixed shapes):
 - `support_annotations` (B, K, H, W): binary reference annotations (point / scribble / box /
   mask, see `jaxvrp.data.annotations`).
 - optional `query_embedding` (B, h, w, C): precomputed SAM image embeddings (a cache).
-- optional precomputed frozen-backbone stages (`BACKBONE_FEATURE_KEYS`, `jaxvrp.precompute`
+- optional precomputed frozen-backbone stages (`precomputable_stages`, `jaxvrp.precompute`
   with `data.backbone_features`): `query_features/<stage>` (B, h, w, C) for the query's
   `QUERY_STAGES` and `support_features/<stage>` (B, K, h, w, C) for each reference's
   `support_stages` (before the annotation masks layer3); the step then runs no backbone on
@@ -51,7 +51,7 @@ from jaxvrp.learners.attention import (
     sine_position_embedding,
 )
 from jaxvrp.learners.losses import segmentation_loss
-from jaxvrp.learners.protocol import FrozenSpec, Learner
+from jaxvrp.learners.protocol import FrozenSpec, Learner, stored_features
 from jaxvrp.masks import any_pool
 from jaxvrp.sam import config as sam_config
 from jaxvrp.sam import model as sam_model
@@ -252,15 +252,17 @@ SUPPORT_STAGES = ("layer2", "layer3")
 # ... plus a ViT's (DINOv2's) class/register tokens after layer3, which its layer4 continues
 # from (they are not masked): stored as `support_features/layer3_prefix` (B, K, 1 + regs, D).
 SUPPORT_PREFIX = "layer3_prefix"
-BACKBONE_FEATURE_KEYS = (
-    *(f"query_features/{s}" for s in QUERY_STAGES),
-    *(f"support_features/{s}" for s in (*SUPPORT_STAGES, SUPPORT_PREFIX)),
-)
 
 
 def support_stages(bb: Any) -> tuple[str, ...]:
     """The reference stages `reference_features` reads for backbone config `bb`."""
     return (*SUPPORT_STAGES, SUPPORT_PREFIX) if isinstance(bb, Dinov2Config) else SUPPORT_STAGES
+
+
+def precomputable_stages(config: VRPConfig) -> dict[str, tuple[str, ...]]:
+    """`Learner.backbone_stages` of the learners on `shot_features` (VRP-SAM, ProSAM,
+    GP-SAM): the query's `QUERY_STAGES` and the references' `support_stages`."""
+    return {"query": QUERY_STAGES, "support": support_stages(config.backbone)}
 
 
 def stored_stages(
@@ -273,30 +275,31 @@ def stored_stages(
     return {s: jax.lax.stop_gradient(out[s]) for s in stages}
 
 
-def stored_features(batch: dict, role: str) -> dict[str, jax.Array] | None:
-    """The batch's precomputed `<role>_features/<stage>` arrays as {stage: array}, or None
-    when it has none (`role`: "query" or "support")."""
-    head = f"{role}_features/"
-    found = {k[len(head) :]: v for k, v in batch.items() if k.startswith(head)}
-    return found or None
-
-
-def with_stored_stages(batch: dict, backbone_params: Params, bb: Any) -> dict:
+def with_stored_stages(
+    batch: dict,
+    backbone_params: Params,
+    bb: Any,
+    stages: dict[str, tuple[str, ...]] | None = None,
+) -> dict:
     """`batch` (host arrays) plus the backbone's stages of its images as `jaxvrp.precompute`
     stores them with `data.backbone_features`: `query_features/<stage>` (B, h, w, C) for
-    `QUERY_STAGES`, `support_features/<stage>` (B, K, ...) for `support_stages(bb)`,
+    `stages["query"]`, `support_features/<stage>` (B, K, ...) for `stages["support"]`
+    (a `Learner.backbone_stages(config)`; by default this module's `precomputable_stages`),
     computed here (benchmarks, tests, notebooks without a store)."""
+    if stages is None:
+        stages = {"query": QUERY_STAGES, "support": support_stages(bb)}
+    names = tuple(dict.fromkeys(stages["query"] + stages["support"]))
     refs = batch["support_images"]
     b, k = refs.shape[:2]
-    stages = jax.jit(lambda p, x: stored_stages(p, x, bb, QUERY_STAGES))
-    q = stages(backbone_params, batch["query_image"])
-    r = stages(backbone_params, refs.reshape(b * k, *refs.shape[2:]))
+    run = jax.jit(lambda p, x: stored_stages(p, x, bb, names))
+    q = run(backbone_params, batch["query_image"])
+    r = run(backbone_params, refs.reshape(b * k, *refs.shape[2:]))
     return {
         **batch,
-        **{f"query_features/{n}": np.asarray(v) for n, v in q.items()},
+        **{f"query_features/{n}": np.asarray(q[n]) for n in stages["query"]},
         **{
             f"support_features/{n}": np.asarray(r[n]).reshape(b, k, *r[n].shape[1:])
-            for n in support_stages(bb)
+            for n in stages["support"]
         },
     }
 
@@ -532,6 +535,6 @@ LEARNER = registry.register(
         loss_fn=loss_fn,
         frozen=frozen_spec,
         module=__name__,
-        batch_keys=BACKBONE_FEATURE_KEYS,
+        backbone_stages=precomputable_stages,
     )
 )

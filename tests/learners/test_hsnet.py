@@ -409,3 +409,71 @@ def test_sam_encoder_backbone_matches_the_reference_on_its_pyramid():
     err = rel_l2(out, expected)
     assert err <= TOL, err
     assert 0.05 < float((expected.argmax(-1) == 1).mean()) < 0.95  # a non-trivial mask
+
+
+@pytest.mark.parametrize("arch", [ARCH, "sam_tiny_128"])
+def test_precomputed_stages_give_the_same_logits_and_loss(arch):
+    """`precomputable_stages` of each image as `jaxvrp.precompute` stores them
+    (`vrp.stored_stages`, one image at a time) in the batch as `query_features/*` (B, ...)
+    and `support_features/*` (B, K, ...): the same 2-shot logits and loss as the backbone
+    pass in the step, and a batch with other stages' arrays is not read as them."""
+    from jaxvrp import frozen as frozen_lib
+    from jaxvrp.learners import vrp
+    from jaxvrp.sam import config as sam_config
+    from jaxvrp.sam import model as sam_model
+
+    config = hsnet.make_config(arch)
+    stages = hsnet.precomputable_stages(config)
+    if arch == ARCH:  # every bottleneck of layer2-4: (1, 2, 2, 1) -> 2 + 2 + 1 maps
+        assert stages["query"] == ("layer4_0", "layer3_0", "layer3_1", "layer2_0", "layer2_1")
+        frozen = {"backbone": backbones.init(jax.random.key(3), config.backbone)}
+    else:
+        assert stages["query"] == ("layer4", "layer3", "layer1", "layer2")
+        sam = sam_model.init(jax.random.key(4), sam_config.get_config("tiny_128"))
+        frozen = {"backbone": frozen_lib.sam_backbone_params(sam, hsnet.LEARNER.frozen(config))}
+    assert stages["support"] == stages["query"]
+    assert hsnet.LEARNER.stage_keys(config) == tuple(
+        f"{r}_features/{s}" for r in ("query", "support") for s in stages["query"]
+    )
+    params = hsnet.init(jax.random.key(5), config)
+    b, k, size = 2, 2, 80  # not the SAM encoder's 128: resized to it before its pass
+    rs = np.random.RandomState(21)
+    plain = {
+        "query_image": rs.randn(b, size, size, 3).astype(np.float32),
+        "support_images": rs.randn(b, k, size, size, 3).astype(np.float32),
+        "support_annotations": heat_maps(rs, b * k, size, size).reshape(b, k, size, size),
+        "query_mask": (rs.rand(b, size, size) > 0.6).astype(np.float32),
+    }
+
+    def stored(images):  # (N, H, W, 3) -> {stage: (N, h, w, C)}, one image per call
+        names = stages["query"]
+        one = [
+            vrp.stored_stages(frozen["backbone"], x[None], config.backbone, names) for x in images
+        ]
+        return {n: np.concatenate([np.asarray(o[n]) for o in one]) for n in names}
+
+    q = stored(plain["query_image"])
+    s = stored(plain["support_images"].reshape(b * k, size, size, 3))
+    served = {
+        **plain,
+        **{f"query_features/{n}": v for n, v in q.items()},
+        **{f"support_features/{n}": v.reshape(b, k, *v.shape[1:]) for n, v in s.items()},
+    }
+    run = jax.jit(
+        lambda p, f, x: (
+            hsnet.logits(p, f, x, config=config),
+            hsnet.loss_fn(p, f, x, config=config)[0],
+        )
+    )
+    want, want_loss = run(params, frozen, plain)
+    got, got_loss = run(params, frozen, served)
+    assert got.shape == (b, k, size, size, 2)
+    assert rel_l2(got, want) <= 1e-5 and abs(float(got_loss - want_loss)) <= 1e-5 * abs(
+        float(want_loss)
+    )
+    # the stored arrays are what the step reads: another image's stages change the output
+    swapped = {**served, **{f"query_features/{n}": v[::-1] for n, v in q.items()}}
+    assert rel_l2(run(params, frozen, swapped)[0], want) > 1e-2
+    # one role served, the other computed in the step
+    half = {kk: v for kk, v in served.items() if not kk.startswith("query_features/")}
+    assert rel_l2(run(params, frozen, half)[0], want) <= 1e-5

@@ -517,6 +517,42 @@ def test_apply_under_jit_and_the_k_shot_heatmap_is_the_mean_of_the_shots():
     np.testing.assert_allclose(np.asarray(heat[0]), np.asarray(shots.mean(axis=0)), atol=1e-6)
 
 
+def test_precomputed_backbone_stages_give_the_same_heat_map_and_loss():
+    """HSNet's stages (`hsnet.precomputable_stages`) as `jaxvrp.precompute` stores them, in
+    the batch: the 2-shot heat map and loss equal the backbone pass in the step."""
+    from jaxvrp.learners import vrp
+
+    cfg = small_config()
+    learner = registry.get("samic")
+    assert learner.backbone_stages(cfg) == hsnet.precomputable_stages(cfg.hsnet)
+    names = learner.backbone_stages(cfg)["query"]
+    f, params = frozen(), learner_params(2)
+    plain = point_batch(b=2, k=2, seed=9)
+    stages = jax.jit(lambda p, x: vrp.stored_stages(p, x, cfg.hsnet.backbone, names))
+    q = stages(f["backbone"], plain["query_image"])
+    s = stages(f["backbone"], plain["support_images"].reshape(4, 64, 64, 3))
+    served = {
+        **plain,
+        **{f"query_features/{n}": np.asarray(v) for n, v in q.items()},
+        **{
+            f"support_features/{n}": np.asarray(v).reshape(2, 2, *v.shape[1:]) for n, v in s.items()
+        },
+    }
+
+    @jax.jit
+    def run(params, frozen, batch):
+        heat = samic.heatmap(params, frozen, batch, config=cfg)
+        return heat, samic.loss_fn(params, frozen, batch, config=cfg)[0]
+
+    want, want_loss = run(params, f, plain)
+    got, got_loss = run(params, f, served)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert abs(float(got_loss - want_loss)) <= 1e-5 * abs(float(want_loss))
+    # another query's stages change it: the stored arrays are what the step reads
+    swapped = {**served, **{f"query_features/{n}": np.asarray(v)[::-1] for n, v in q.items()}}
+    assert np.abs(np.asarray(run(params, f, swapped)[0]) - np.asarray(want)).max() > 1e-3
+
+
 def test_loss_gradients_are_finite_and_adam_lowers_the_loss():
     cfg = small_config()
     batch = point_batch(b=2, k=1, seed=6)
