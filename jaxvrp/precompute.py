@@ -445,17 +445,27 @@ def _encode(fn, params, images: np.ndarray, sharding):
 
 
 def _plan(stores_by_split, p: int, n: int, config) -> tuple[list, list]:
-    """[(stores, src, missing, mine)] per split and the flat todo [(stores, src, record)]:
-    this host's records missing from any of a split's stores ({name: FeatureStore})."""
+    """[(stores, src, missing, mine, lacking)] per split and the flat todo
+    [(stores, src, record)]: this host's records missing from any of a split's stores
+    ({name: FeatureStore}), each with only the stores that lack it (an entry another
+    learner's pass already wrote is not written again); `lacking` {name: how many of this
+    host's records that store lacks}."""
     from jaxvrp.data import datasets
 
     splits, todo = [], []
     for (dataset, split), stores in stores_by_split:
         src = datasets.source(config, dataset, split)
         mine = range(p, len(src), n)
-        missing = [r for r in mine if not all(st.has(r) for st in stores.values())]
-        splits.append((stores, src, missing, len(mine)))
-        todo += [(stores, src, r) for r in missing]
+        lacking = {name: 0 for name in stores}
+        missing = []
+        for r in mine:
+            need = {name: st for name, st in stores.items() if not st.has(r)}
+            for name in need:
+                lacking[name] += 1
+            if need:
+                missing.append(r)
+                todo.append((need, src, r))
+        splits.append((stores, src, missing, len(mine), lacking))
     return splits, todo
 
 
@@ -508,15 +518,15 @@ def precompute(
         jobs.append(("backbone", what, *_plan(by_split, p, n, config), fn))
     if p == 0 or process_index is not None:  # every size before anything is computed
         for _, what, splits, todo, _ in jobs:
-            for stores, _, missing, mine in splits:
-                for store in stores.values():
+            for stores, _, _, mine, lacking in splits:
+                for name, store in stores.items():
                     print(
-                        f"precompute: {store.dir}: {mine - len(missing)} of {mine} entries "
-                        f"present, {len(missing)} to write "
-                        f"({len(missing) * store.entry_bytes() / 2**20:.1f} MiB)",
+                        f"precompute: {store.dir}: {mine - lacking[name]} of {mine} entries "
+                        f"present, {lacking[name]} to write "
+                        f"({lacking[name] * store.entry_bytes() / 2**20:.1f} MiB)",
                         file=sys.stderr,
                     )
-            total = sum(_bytes(st) * len(m) for st, _, m, _ in splits)
+            total = sum(_bytes(stores) for stores, _, _ in todo)
             print(
                 f"precompute: writing {len(todo)} {what}, {total / 2**30:.3f} GiB on disk "
                 "(this host)",
@@ -524,8 +534,8 @@ def precompute(
             )
     out = {}
     for name, _, splits, _, _ in jobs:
-        out[name] = {"computed": 0, "skipped": sum(m - len(x) for _, _, x, m in splits)}
-        out[name].update(encoder_calls=0, bytes=sum(_bytes(st) * len(m) for st, _, m, _ in splits))
+        out[name] = {"computed": 0, "skipped": sum(m - len(x) for _, _, x, m, _ in splits)}
+        out[name].update(encoder_calls=0, bytes=sum(_bytes(stores) for stores, _, _ in todo))
     both = []  # records missing from both the SAM and the backbone stores of a shared encoder
     if len(jobs) == 2 and vrp.same_encoder(spec.backbone, spec.sam):
         both, sam_todo, bb_todo = _shared_records(jobs[0][3], jobs[1][3])

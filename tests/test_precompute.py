@@ -595,3 +595,49 @@ def test_a_sam_encoder_backbone_gets_embedding_and_stages_from_one_pass(tmp_path
     assert again["computed"] == 1 and again["encoder_calls"] == 1
     assert again["backbone"]["computed"] == 0 and again["backbone"]["encoder_calls"] == 0
     assert rel(store.get(3), want_emb) <= 1e-5
+
+
+def test_a_learner_reading_more_stages_writes_only_the_missing_ones(tmp_path, filled, capsys):
+    """HSNet on the SAM-encoder backbone reads layer1-4; after VRP-SAM's pass (layer2-4) on
+    the same cache its pass writes only layer1: the shared stages' entries are not written
+    again, and the report counts each store's own entries."""
+    from configs import hsnet as hsnet_configs
+    from jaxvrp.data import datasets
+
+    tmp, *_ = filled
+    cache = str(tmp_path / "f")
+    config = _config(tmp, feature_cache=cache, backbone_features=True)
+    config.model.backbone = "sam_test_small_image"
+    precompute.precompute(config, progress=False, which=(1,))
+    n = len(datasets.source(config, "procedural", "test"))
+    vrp_files = sorted((tmp_path / "f").glob("backbone_layer*/*.npy"))
+    assert len(vrp_files) == 3 * n
+    written = {p: p.stat().st_mtime_ns for p in vrp_files}
+
+    hs = hsnet_configs.get_config("runlocal,backbone=sam_test_small_image,sam=test_small_image")
+    hs.data.data_dir, hs.batch_size = config.data.data_dir, 8
+    hs.data.feature_cache, hs.data.backbone_features = cache, True
+    capsys.readouterr()
+    stats = precompute.precompute(hs, progress=False, which=(1,))
+    report = capsys.readouterr().err
+    assert stats["backbone"]["computed"] == n  # every record lacked its layer1
+    assert len(list((tmp_path / "f").glob("backbone_layer1_*/*.npy"))) == n
+    assert {p: p.stat().st_mtime_ns for p in vrp_files} == written  # not written again
+    for stage in ("layer2", "layer3", "layer4"):
+        assert f"{n} of {n} entries present, 0 to write" in next(
+            line for line in report.splitlines() if f"backbone_{stage}_" in line
+        )
+    assert f"0 of {n} entries present, {n} to write" in next(
+        line for line in report.splitlines() if "backbone_layer1_" in line
+    )
+    bytes_layer1 = precompute.backbone_stores(
+        hs, _hsnet_spec(hs), ("layer1",), "procedural", "test"
+    )["layer1"].entry_bytes()
+    assert stats["backbone"]["bytes"] == n * bytes_layer1
+
+
+def _hsnet_spec(config):
+    from jaxvrp.learners import registry
+
+    learner = registry.get("hsnet")
+    return learner.frozen(learner.make_config(**config.model.to_dict()))
