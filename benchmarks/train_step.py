@@ -106,7 +106,13 @@ def main() -> None:
         step = trainer.compile_train_step(
             lconfig, learner, optimizer, schedule, batch_sharding, replicated
         )
-        state = {"s": trainer.init_state(jax.random.key(0), lconfig, learner, optimizer)}
+        # placed as `jaxvrp.train` places it: an uncommitted state made the second call
+        # compile again, inside the timed steps
+        state = {
+            "s": jax.device_put(
+                trainer.init_state(jax.random.key(0), lconfig, learner, optimizer), replicated
+            )
+        }
         rng = jax.random.key(1)
         t = time.perf_counter()
         state["s"], m = step(state["s"], batch, rng, frozen)
