@@ -175,14 +175,18 @@ def group_channels(backbone: Any) -> tuple[int, int, int]:
 def precomputable_stages(config: HSNetConfig) -> dict[str, tuple[str, ...]]:
     """`Learner.backbone_stages` of HSNet (and SAMIC): the backbone outputs its feature maps
     come from, the same for the query and the references (their masking comes after the
-    backbone, `mask_features`): a SAM encoder's `VIT_GROUPS` stages (pooled in the step,
-    `pyramid`), else every map of `feature_groups`."""
-    bb = config.backbone
-    if isinstance(bb, SamViTConfig):
-        names = tuple(dict.fromkeys(n for group in VIT_GROUPS for n, _ in group))
-    else:
-        names = tuple(k for group in feature_groups(bb) for k in group)
+    backbone, `mask_features`): `stage_names` (a SAM encoder's are pooled in the step,
+    `pyramid`)."""
+    names = stage_names(config.backbone)
     return {"query": names, "support": names}
+
+
+def stage_names(backbone: Any) -> tuple[str, ...]:
+    """The backbone outputs HSNet's feature maps come from: a SAM encoder's `VIT_GROUPS`
+    stages, else every map of `feature_groups`."""
+    if isinstance(backbone, SamViTConfig):
+        return tuple(dict.fromkeys(n for group in VIT_GROUPS for n, _ in group))
+    return tuple(k for group in feature_groups(backbone) for k in group)
 
 
 def backbone_stages(backbone_params: Params, images: jax.Array, backbone: Any) -> dict:
@@ -195,8 +199,7 @@ def backbone_stages(backbone_params: Params, images: jax.Array, backbone: Any) -
         if images.shape[1:3] != s:
             images = resize_bilinear(images, s, align_corners=True)
     feats = backbones.apply(backbone_params, images, config=backbone)
-    names = precomputable_stages(HSNetConfig(backbone=backbone))["query"]
-    return {k: jax.lax.stop_gradient(feats[k]) for k in names}
+    return {k: jax.lax.stop_gradient(feats[k]) for k in stage_names(backbone)}
 
 
 def pyramid(stages: dict, backbone: Any) -> dict:
