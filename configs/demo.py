@@ -107,11 +107,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # training-free, Matcher (official coco.sh settings) matching with the embedded SAM's
         # own embedding (no DINOv2 weights ship), 4 random subsets per size instead of 64 and
         # an 8 x 8 dense grid instead of 32 x 32 (CPU budget), and without the four mask-quality
-        # thresholds (set for ViT-H: the embedded SAM's masks score under them, docs/matcher.md)
+        # thresholds (set for ViT-H: the embedded SAM's masks score under them, docs/matcher.md);
+        # prompts decoded 4 at a time, so the subset slots left empty by 4 draws per size are
+        # skipped (the same masks; 77 -> ~45 s for the row, docs/benchmarks.md)
         method(
             "Matcher (SAM feat., no filters)",
             "matcher",
             arg=f"encoder=sam,iterations=4,grid=8,filters=off,{SAM_ONLY}",
+            **{"model.points_per_batch": 4},
         ),
         method("SAM + oracle box", "oracle_box"),
     ]

@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.max_sample_iterations = values["iterations"]
     if "grid" in values:  # instead of the preset's points_per_side (coco: 32)
         c.model.points_per_side = values["grid"]
+    # official (SamAutomaticMaskGenerator): 64 prompts decoded at once; ours: also the chunk
+    # whose decoding is skipped when it holds no drawn subset (`matcher.skipping_map`)
+    c.model.points_per_batch = 64
     filters = values.get("filters", "preset")
     if filters not in ("preset", "off"):
         raise ValueError(f"config arg filters must be 'preset' or 'off', got {filters!r}")

@@ -627,6 +627,32 @@ def _mask_stats(logits, points, count, out_size, config: MatcherConfig):
     return masks, stab, box, cells, inside.sum(axis=1)
 
 
+def skipping_map(fn, xs: jax.Array, ok: jax.Array, chunk: int):
+    """`fn` (vmapped: (c, ...) -> pytree of (c, ...)) over `xs` (n, ...) in chunks of `chunk`,
+    skipping (`lax.cond`, zeros out) every chunk with no `ok` (n,) entry. The prompt slots of a
+    subset size are filled from the front and are mostly empty when the host draws fewer
+    subsets than the slots hold (`group_slots`: C(8, i) for a few matched points, or a small
+    `max_sample_iterations`), so only the chunks holding a drawn subset are decoded. Outputs
+    of skipped chunks are zeros, and `ok` False there excludes them downstream."""
+    n = xs.shape[0]
+    c = max(1, min(chunk, n))
+    pad = (-n) % c
+    if pad:
+        xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
+        ok = jnp.concatenate([ok, jnp.zeros((pad,), bool)])
+    xs = xs.reshape(-1, c, *xs.shape[1:])
+    ok = ok.reshape(-1, c)
+    shapes = jax.eval_shape(fn, xs[0])
+
+    def step(x):
+        x, v = x
+        skip = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.lax.cond(v.any(), fn, skip, x)
+
+    out = jax.lax.map(step, (xs, ok))  # (chunks, c, ...)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
+
+
 def _decode_image(sam_params, emb, prompts, box, points, count, out_size, config):
     """One query: every prompt group decoded on its embedding emb (1, h, w, C); masks and
     statistics concatenated in the generator's order (dense grid, then sizes ascending,
@@ -635,7 +661,7 @@ def _decode_image(sam_params, emb, prompts, box, points, count, out_size, config
     scale = s / config.frame
     outs = []
 
-    def run(pts, multimask, layer, with_box):
+    def run(pts, ok, multimask, layer, with_box):
         def one(x):
             p = x[None]
             labels = jnp.ones(p.shape[:2], jnp.int32)
@@ -653,7 +679,7 @@ def _decode_image(sam_params, emb, prompts, box, points, count, out_size, config
             high = postprocess_masks(low, (s, s), out_size, s)[0]
             return (*_mask_stats(high, points, count, out_size, config), iou[0])
 
-        r = jax.lax.map(one, pts, batch_size=config.points_per_batch)
+        r = skipping_map(jax.vmap(one), pts, ok, config.points_per_batch)
         return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), r)
 
     if config.use_dense_mask:
@@ -661,13 +687,18 @@ def _decode_image(sam_params, emb, prompts, box, points, count, out_size, config
         side = np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)  # build_point_grid
         grid = np.stack([np.tile(side[None], (n, 1)), np.tile(side[:, None], (1, n))], -1)
         grid = jnp.asarray(grid.reshape(-1, 1, 2) * s, jnp.float32)  # already SAM's frame
+        every = jnp.ones(grid.shape[0], bool)
         r = run(
-            grid / scale, config.dense_multimask_output > 0, config.dense_multimask_output, False
+            grid / scale,
+            every,
+            config.dense_multimask_output > 0,
+            config.dense_multimask_output,
+            False,
         )
         outs.append((r, jnp.ones(r[0].shape[0], bool), jnp.ones(r[0].shape[0], bool)))
     for i in sorted(prompts):
         pts, ok = prompts[i]
-        r = run(pts, config.multimask_output, config.output_layer, config.use_box)
+        r = run(pts, ok, config.multimask_output, config.output_layer, config.use_box)
         per = r[0].shape[0] // pts.shape[0]
         outs.append((r, jnp.repeat(ok, per), jnp.zeros(r[0].shape[0], bool)))
     cat = lambda k: jnp.concatenate([o[0][k] for o in outs])

@@ -344,3 +344,47 @@ def test_kmeans_centres_match_the_official_on_separated_clusters():
     assert got.dtype == np.int64
     key = lambda c: sorted(map(tuple, c.tolist()))
     assert key(got) == key(np.asarray(want.numpy()).astype(np.int64))
+
+
+def test_skipping_map_decodes_only_the_chunks_with_a_drawn_subset():
+    """`skipping_map` equals the vmapped function on every chunk holding an `ok` entry and
+    gives zeros on the others (whose function is not run: a NaN there would show)."""
+    xs = jnp.arange(10.0).reshape(10, 1) + 1.0
+    ok = jnp.asarray([1, 1, 0, 0, 0, 0, 0, 1, 0, 0], bool)  # chunks of 3: [0-2] [3-5] [6-8] [9]
+    calls = lambda x: (jnp.where(x[:, 0] > 3.5, jnp.log(x[:, 0]), x[:, 0] * 2), x + 1)
+    a, b = matcher.skipping_map(calls, xs, ok, 3)
+    want_a, want_b = calls(xs)
+    run = np.asarray([1, 1, 1, 0, 0, 0, 1, 1, 1, 0], bool)
+    np.testing.assert_array_equal(np.asarray(a)[run], np.asarray(want_a)[run])
+    np.testing.assert_array_equal(np.asarray(b)[run], np.asarray(want_b)[run])
+    assert not np.asarray(a)[~run].any() and not np.asarray(b)[~run].any()
+    assert a.shape == (10,) and b.shape == (10, 1)
+    nan = lambda x: jnp.where(x > 3.5, jnp.nan, x)
+    assert not np.isnan(np.asarray(matcher.skipping_map(nan, xs, ok, 3))[~run]).any()
+
+
+def test_the_decoding_chunk_size_changes_no_prediction():
+    """Matcher end to end with `points_per_batch` 3 (most subset slots' chunks skipped) and
+    512 (one chunk per subset size: nothing skipped where a size has any subset): the same
+    matched points, chosen masks and merged logits."""
+    cfg = sam_lib.get_config(SAM)
+    sam_params = _random(sam_lib.param_shapes(cfg), 3)
+    rs = np.random.default_rng(5)
+    s = cfg.image_size
+    ann = np.stack([_disc(s, 60, 50, 30), _disc(s, 40, 80, 12)])[:, None]
+    batch = {
+        "query_image": jnp.asarray(rs.normal(size=(2, s, s, 3)), jnp.float32),
+        "support_images": jnp.asarray(rs.normal(size=(2, 1, s, s, 3)), jnp.float32),
+        "support_annotations": jnp.asarray(ann),
+    }
+    out = {}
+    for ppb in (3, 512):
+        config = matcher.make_config(
+            sam=SAM, encoder="sam", preset="coco", max_sample_iterations=2, points_per_side=4,
+            points_per_batch=ppb, iou_filter=0.0, sel_stability_score_thresh=0.0,
+            pred_iou_thresh=0.0, stability_score_thresh=0.0,
+        )  # fmt: skip
+        out[ppb] = jax.jit(lambda b, c=config: matcher.predict({"sam": sam_params}, b, c))(batch)
+    for k in ("points", "num_points", "chosen", "logits"):
+        np.testing.assert_array_equal(np.asarray(out[3][k]), np.asarray(out[512][k]), err_msg=k)
+    assert np.asarray(out[3]["chosen"]).any()
