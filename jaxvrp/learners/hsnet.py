@@ -276,18 +276,45 @@ def _torch_uniform(fan_in: int):
 _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv2d(features: int, kernel: int, stride: int, in_features: int, name: str) -> nn.Conv:
-    """`nn.Conv2d(in, out, k, stride, padding=k // 2, bias=True)` with PyTorch's init."""
-    p = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((p, p), (p, p)),
-        kernel_init=_TORCH_KERNEL_INIT,
-        bias_init=_torch_uniform(in_features * kernel * kernel),
-        name=name,
-    )
+class Conv2d(nn.Module):
+    """`nn.Conv2d(in, out, k, stride, padding=k // 2, bias=True)` with PyTorch's init, on
+    (N, H, W, C) (the params of `nn.Conv`: "kernel" (k, k, in, out), "bias" (out,)).
+
+    A 1 x 1 input with an odd k meets only the kernel's centre tap (the output is 1 x 1 for
+    any stride), so it is computed as that tap's matrix product instead of a convolution whose
+    other k² − 1 taps multiply the zero padding: the center-pivot layers whose support dims
+    have shrunk to 1 x 1 (the squeeze blocks' last layer and every mixing-block layer, for
+    the support sizes HSNet sees) cost one product instead of k² (measured in docs/hsnet.md).
+    """
+
+    features: int
+    kernel: int
+    stride: int
+    in_features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, c = self.kernel, self.in_features
+        if x.shape[-1] != c:
+            raise ValueError(f"{self.name}: expected {c} input channels, got shape {x.shape}")
+        kernel = self.param("kernel", _TORCH_KERNEL_INIT, (k, k, c, self.features), jnp.float32)
+        bias = self.param("bias", _torch_uniform(c * k * k), (self.features,), jnp.float32)
+        if x.shape[1:3] == (1, 1) and k % 2:
+            return jnp.einsum("nhwc,co->nhwo", x, kernel[k // 2, k // 2]) + bias
+        p = k // 2
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (self.stride, self.stride),
+            ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias
+
+
+def conv2d(features: int, kernel: int, stride: int, in_features: int, name: str) -> Conv2d:
+    """`Conv2d` named `name` (the official module's index in its Sequential)."""
+    return Conv2d(features, kernel, stride, in_features, name=name)
 
 
 class CenterPivotConv4d(nn.Module):

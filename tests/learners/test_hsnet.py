@@ -76,7 +76,15 @@ def batch(b: int, k: int, seed: int) -> dict:
 
 @pytest.mark.parametrize(
     "kernel,stride,shape",
-    [(3, 1, (2, 3, 7, 9, 10, 13)), (3, 2, (2, 3, 7, 9, 10, 13)), (5, 4, (1, 4, 6, 11, 13, 9))],
+    [
+        (3, 1, (2, 3, 7, 9, 10, 13)),
+        (3, 2, (2, 3, 7, 9, 10, 13)),
+        (5, 4, (1, 4, 6, 11, 13, 9)),
+        # support dims 1 x 1 (the mixing blocks, the squeezes' last layers): conv2 is its
+        # kernel's centre tap (`hsnet.Conv2d`), conv1 still a full conv over the query dims
+        (3, 1, (2, 6, 5, 7, 1, 1)),
+        (5, 2, (1, 4, 6, 5, 1, 1)),
+    ],
 )
 def test_center_pivot_conv4d_matches_reference(kernel, stride, shape):
     torch.manual_seed(kernel * 10 + stride)
